@@ -1,0 +1,173 @@
+"""Stage outputs that can be saved, reopened and handed to the next stage.
+
+A compiled artifact is a directory named by its content id:
+
+    <artifact_id>/
+      manifest.json          this schema; sha256 of every other file
+      model.so               the exported TVM library (Relax VM executable)
+      reference.npz          inputs  (in0, in1, ...) and host outputs (out0, ...)
+
+The id is a hash of the model, the recipe, the full target and the compiler
+versions, so compiling the same thing twice gives the same directory and a
+redeploy of an unchanged artifact uploads nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import ArtifactError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+LIBRARY_NAME = "model.so"
+REFERENCE_NAME = "reference.npz"
+
+# readelf's names for the e_machine values edgekit builds for.
+_ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86-64", 183: "aarch64"}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def elf_machine(path: Path) -> str:
+    """The ELF machine of a shared library, read from its header (no readelf needed)."""
+    header = Path(path).read_bytes()[:20]
+    if header[:4] != b"\x7fELF":
+        raise ArtifactError(f"{path} is not an ELF file")
+    byteorder = "little" if header[5] == 1 else "big"
+    machine = int.from_bytes(header[18:20], byteorder)
+    return _ELF_MACHINES.get(machine, f"e_machine={machine}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_dict(self):
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(name=d["name"], shape=tuple(d["shape"]), dtype=d["dtype"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompiledArtifact:
+    """A compiled model on disk; ``manifest`` is the parsed manifest.json."""
+
+    path: Path
+    manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def artifact_id(self) -> str:
+        return self.manifest["artifact_id"]
+
+    @property
+    def target_name(self) -> str:
+        return self.manifest["target"]["name"]
+
+    @property
+    def library_path(self) -> Path:
+        return self.path / self.manifest["library"]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec.from_dict(d) for d in self.manifest["inputs"]]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec.from_dict(d) for d in self.manifest["outputs"]]
+
+    @property
+    def size_bytes(self) -> int:
+        return sum((self.path / name).stat().st_size for name in self.manifest["files"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), **self.manifest}
+
+    @classmethod
+    def open(cls, path: Path | str, *, verify: bool = True) -> "CompiledArtifact":
+        """Open an artifact directory; with ``verify`` check every file's sha256."""
+        path = Path(path)
+        manifest_path = path / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise ArtifactError(f"{path} is not an edgekit artifact (no {MANIFEST_NAME})",
+                                hint="pass the directory printed by `edgekit compile`")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{manifest_path} is corrupt: {exc}") from None
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            raise ArtifactError(
+                f"{manifest_path}: schema_version {manifest.get('schema_version')!r}, this edgekit reads "
+                f"{SCHEMA_VERSION}", hint="recompile the model with this edgekit")
+        artifact = cls(path=path, manifest=manifest)
+        if verify:
+            artifact.verify()
+        return artifact
+
+    def verify(self) -> None:
+        for name, expected in self.manifest["files"].items():
+            file = self.path / name
+            if not file.is_file():
+                raise ArtifactError(f"artifact {self.path}: file {name} is missing")
+            actual = sha256_file(file)
+            if actual != expected:
+                raise ArtifactError(
+                    f"artifact {self.path}: sha256 of {name} is {actual[:16]}..., manifest says {expected[:16]}...",
+                    hint="the file was changed or truncated after compile; recompile it")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatencyReport:
+    """Timing of one artifact on one device; every sample is kept."""
+
+    artifact_id: str
+    target: str
+    device: dict[str, Any]  # fingerprint: host, machine, cpu model, kernel, governor, load...
+    threads: int
+    warmup: int
+    samples_ms: list[float]
+    stats: dict[str, float]  # median_ms, mean_ms, p90_ms, p99_ms, min_ms, max_ms, stdev_ms, cv
+    output_check: dict[str, Any]  # passed, max_abs_error, atol, rtol
+    emulated: bool = False  # measured under qemu: latency is meaningless and never used
+    kernels: list[dict[str, Any]] = field(default_factory=list)  # per-kernel timings, when measured
+
+    @property
+    def median_ms(self) -> float:
+        return self.stats["median_ms"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "artifact_id": self.artifact_id,
+            "target": self.target,
+            "device": self.device,
+            "threads": self.threads,
+            "warmup": self.warmup,
+            "emulated": self.emulated,
+            "stats": self.stats,
+            "output_check": self.output_check,
+            "samples_ms": self.samples_ms,
+            "kernels": self.kernels,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LatencyReport":
+        return cls(
+            artifact_id=d["artifact_id"], target=d["target"], device=d["device"], threads=d["threads"],
+            warmup=d["warmup"], samples_ms=list(d["samples_ms"]), stats=dict(d["stats"]),
+            output_check=dict(d["output_check"]), emulated=d.get("emulated", False),
+            kernels=list(d.get("kernels", [])),
+        )

@@ -1,0 +1,166 @@
+"""Compile stage: a model in, a content-addressed artifact directory out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.__about__ import __version__
+from edgekit.artifacts import (LIBRARY_NAME, MANIFEST_NAME, REFERENCE_NAME, SCHEMA_VERSION, CompiledArtifact,
+                               elf_machine, sha256_file)
+from edgekit.errors import ArtifactError, CompileError
+from edgekit.targets import TargetProfile, load_target
+
+DEFAULT_TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
+DEFAULT_OUT_DIR = Path("edgekit-artifacts")
+
+__all__ = ["compile_model", "DEFAULT_OUT_DIR"]
+
+
+def compile_model(model, target: str | TargetProfile, *, input_shapes=None, example_inputs=None,
+                  out_dir: str | Path | None = None, recipe: dict[str, Any] | None = None,
+                  frontend: str = "auto", tolerance: dict[str, float] | None = None,
+                  reference_inputs: list[np.ndarray] | None = None, force: bool = False,
+                  progress=None) -> CompiledArtifact:
+    """Compile ``model`` for ``target`` into ``out_dir/<artifact_id>/`` and return the artifact.
+
+    ``model`` is an ``nn.Module``, a ``torch.export.ExportedProgram``, the path of a
+    ``.pt2``/``.onnx`` file, or ``"package.module:factory"``.  The same model,
+    recipe and target give the same id; an existing valid artifact is reused
+    unless ``force``.  ``reference_inputs`` replaces the seeded random inputs
+    used for the on-device output check (e.g. real images for a quantized model).
+    """
+    from edgekit.compile.build import build_library, check_toolchain, resolve_tvm_target
+    from edgekit.compile.frontend import import_model
+    from edgekit.compile.tvm_env import import_tvm
+
+    step = progress or _null_progress
+    profile = load_target(target)
+    check_toolchain(profile)  # before the import, which can take seconds
+    with step("importing model"):
+        imported = import_model(model, input_shapes=input_shapes, example_inputs=example_inputs, frontend=frontend)
+    tvm = import_tvm()
+    tvm_target = resolve_tvm_target(profile)
+    tolerance = {**DEFAULT_TOLERANCE, **(tolerance or {})}
+    key = {
+        "model": imported.content_sha256,
+        "frontend": imported.frontend,
+        "inputs": [s.to_dict() for s in imported.inputs],
+        "target": str(tvm_target),
+        "cross_compiler": profile.cross_compiler,
+        "tvm_version": tvm.__version__,
+        "edgekit_version": __version__,
+        "recipe": recipe,
+        "tolerance": tolerance,
+        "reference_inputs": _hash_arrays(reference_inputs) if reference_inputs is not None else None,
+    }
+    artifact_id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    out_root = Path(out_dir or DEFAULT_OUT_DIR)
+    final_dir = out_root / artifact_id
+    if final_dir.exists() and not force:
+        try:
+            return CompiledArtifact.open(final_dir)
+        except ArtifactError:
+            shutil.rmtree(final_dir)  # a damaged earlier build: rebuild it
+
+    out_root.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(tempfile.mkdtemp(prefix=f".{artifact_id}.", dir=out_root))
+    try:
+        with step(f"building for {profile.name}"):
+            build_library(imported.mod, profile, work_dir / LIBRARY_NAME)
+        inputs = reference_inputs if reference_inputs is not None else _seeded_inputs(imported.inputs)
+        outputs = imported.reference(inputs)
+        np.savez(work_dir / REFERENCE_NAME, **{f"in{i}": a for i, a in enumerate(inputs)},
+                 **{f"out{i}": a for i, a in enumerate(outputs)})
+        manifest = _manifest(artifact_id, profile, tvm_target, tvm.__version__, imported, outputs, work_dir,
+                             recipe, tolerance)
+        (work_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        os.replace(work_dir, final_dir)  # readers never see a half-written artifact
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return CompiledArtifact.open(final_dir)
+
+
+def _seeded_inputs(specs) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    arrays = []
+    for spec in specs:
+        if spec.dtype.startswith("float"):
+            arrays.append(rng.standard_normal(spec.shape).astype(spec.dtype))
+        else:
+            arrays.append(rng.integers(0, 8, size=spec.shape).astype(spec.dtype))
+    return arrays
+
+
+def _hash_arrays(arrays) -> str:
+    digest = hashlib.sha256()
+    for a in arrays:
+        digest.update(np.ascontiguousarray(a).tobytes())
+    return digest.hexdigest()
+
+
+def _manifest(artifact_id, profile, tvm_target, tvm_version, imported, outputs, work_dir, recipe, tolerance):
+    from edgekit.artifacts import TensorSpec
+
+    output_specs = [TensorSpec(name=f"output{i}", shape=tuple(a.shape), dtype=str(a.dtype))
+                    for i, a in enumerate(outputs)]
+    files = {name: sha256_file(work_dir / name) for name in (LIBRARY_NAME, REFERENCE_NAME)}
+    library_machine = elf_machine(work_dir / LIBRARY_NAME)
+    if library_machine != profile.elf_machine:
+        raise CompileError(f"built a {library_machine} library for target '{profile.name}', which needs "
+                           f"{profile.elf_machine}", hint=f"check 'cross_compiler' in {profile.source}")
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "artifact_id": artifact_id,
+        "library": LIBRARY_NAME,
+        "reference": REFERENCE_NAME,
+        "files": files,
+        "target": {
+            "name": profile.name,
+            "kind": profile.kind,
+            "arch": profile.arch,
+            "elf_machine": profile.elf_machine,
+            "tvm_target": json.loads(_target_json(tvm_target)),
+            "cuda_arch": profile.cuda_arch,
+            "runtime": profile.to_dict()["runtime"],
+        },
+        "tvm_version": tvm_version,
+        "elf_machine": library_machine,
+        "inputs": [s.to_dict() for s in imported.inputs],
+        "outputs": [s.to_dict() for s in output_specs],
+        "tolerance": tolerance,
+        "recipe": recipe,
+        "model": {"source": imported.source, "frontend": imported.frontend, "sha256": imported.content_sha256},
+        "edgekit_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _target_json(tvm_target) -> str:
+    text = str(tvm_target)
+    try:
+        json.loads(text)
+        return text
+    except json.JSONDecodeError:
+        raise CompileError(f"unexpected TVM target text: {text[:200]}") from None
+
+
+class _null_progress:
+    def __init__(self, label):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

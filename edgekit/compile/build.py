@@ -1,0 +1,130 @@
+"""Relax module -> shared library for one target profile.
+
+Graph passes first (BatchNorm folded into the convolution before inference
+decomposition, or it is not folded at all), then TVM's per-target default
+pipeline, which is what fuses operators and folds constants; plain
+``tvm.compile`` on CPU does neither.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from edgekit.compile.tvm_env import cuda_codegen_available, import_tvm
+from edgekit.errors import CompileError, ToolchainError
+from edgekit.targets import TargetProfile
+
+# Debian package that provides each cross compiler the profiles name.
+_COMPILER_PACKAGES = {
+    "aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu",
+    "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu",
+    "arm-linux-gnueabihf-g++": "g++-arm-linux-gnueabihf",
+    "arm-linux-gnueabihf-gcc": "gcc-arm-linux-gnueabihf",
+}
+
+
+def resolve_tvm_target(profile: TargetProfile):
+    """The profile's target as a ``tvm.target.Target``; ``mcpu = "native"`` means this machine's CPU."""
+    tvm = import_tvm()
+    spec = dict(profile.tvm_target)
+    host = spec.pop("host", None)
+    if spec.get("mcpu") == "native":
+        native = tvm.target.Target.from_device(tvm.cpu())
+        spec.update(mcpu=str(native.attrs["mcpu"]), mtriple=str(native.attrs["mtriple"]))
+    if spec.get("kind") == "llvm":
+        spec.setdefault("num-cores", os.cpu_count() or 1)  # MetaSchedule needs it
+    try:
+        return tvm.target.Target(spec, host=host) if host else tvm.target.Target(spec)
+    except Exception as exc:
+        raise CompileError(f"TVM rejects the target of profile '{profile.name}' ({profile.source}): "
+                           f"{str(exc).splitlines()[0][:300]}") from None
+
+
+def check_toolchain(profile: TargetProfile) -> None:
+    """Fail before a long build if this machine cannot produce the profile's library."""
+    compiler = profile.cross_compiler
+    if compiler and shutil.which(compiler) is None:
+        package = _COMPILER_PACKAGES.get(compiler, "the cross compiler for " + profile.triple)
+        raise ToolchainError(f"cross compiler '{compiler}' for target '{profile.name}' is not installed",
+                             hint=f"apt-get install {package} (tools/setup-system.sh installs it)")
+    if profile.kind == "cuda":
+        if shutil.which("nvcc") is None:
+            raise ToolchainError(f"target '{profile.name}' needs nvcc (the CUDA toolkit) to build device code",
+                                 hint="install the CUDA toolkit and put nvcc on PATH")
+        if not cuda_codegen_available():
+            raise ToolchainError(f"target '{profile.name}': TVM's CUDA runtime library could not be loaded here, "
+                                 "so no device code can be built",
+                                 hint="run the build in a fresh process (edgekit loads a stub CUDA driver before "
+                                      "TVM is first imported)")
+
+
+def optimize_graph(mod, target):
+    """Target-independent graph passes, then TVM's default pipeline for the target."""
+    tvm = import_tvm()
+    from tvm import relax
+
+    passes = [relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
+              relax.transform.CanonicalizeBindings(), relax.transform.FoldConstant()]
+    mod = tvm.transform.Sequential(passes)(mod)
+    return mod
+
+
+def build_library(mod, profile: TargetProfile, library_path: Path):
+    """Compile ``mod`` for ``profile`` and write the shared library to ``library_path``."""
+    tvm = import_tvm()
+    from tvm import relax
+
+    check_toolchain(profile)
+    target = resolve_tvm_target(profile)
+    mod = optimize_graph(mod, target)
+    previous_mode = os.environ.get("TVM_CUDA_COMPILE_MODE")
+    if profile.kind == "cuda":
+        os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"  # nvrtc needs cuda-bindings and a driver
+        import tvm.support.nvcc  # noqa: F401  registers the compile callback
+    try:
+        with target:
+            executable = tvm.compile(mod, target, relax_pipeline=relax.get_default_pipeline(target))
+    except Exception as exc:
+        raise _explain_build_failure(exc, profile) from None
+    finally:
+        if profile.kind == "cuda":
+            _restore_env("TVM_CUDA_COMPILE_MODE", previous_mode)
+    kwargs = {}
+    if profile.cross_compiler:
+        kwargs["fcompile"] = tvm.support.cc.cross_compiler(profile.cross_compiler)
+    tmp = library_path.with_name(library_path.name + ".tmp.so")
+    try:
+        executable.export_library(str(tmp), **kwargs)
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise CompileError(f"linking the library for '{profile.name}' with "
+                           f"{profile.cross_compiler or 'the host compiler'} failed: {_tail(exc)}") from None
+    os.replace(tmp, library_path)
+    return target
+
+
+def _explain_build_failure(exc: Exception, profile: TargetProfile) -> Exception:
+    text = str(exc)
+    unsupported_arch = re.search(r"Unsupported gpu architecture '([^']+)'", text)
+    if unsupported_arch:
+        return ToolchainError(
+            f"target '{profile.name}': this machine's nvcc cannot build for {profile.cuda_arch} "
+            f"({unsupported_arch.group(0)}); CUDA 13 dropped Maxwell/Volta-era Jetson GPUs",
+            hint="build on a machine with CUDA <= 12.x (e.g. JetPack's own toolkit on the board)")
+    if "nvcc" in text and "not found" in text.lower():
+        return ToolchainError(f"target '{profile.name}': nvcc not found", hint="install the CUDA toolkit")
+    return CompileError(f"TVM failed to build for target '{profile.name}': {_tail(exc)}")
+
+
+def _tail(exc: Exception, lines: int = 6) -> str:
+    return " | ".join(line.strip() for line in str(exc).strip().splitlines()[-lines:])[:800]
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value

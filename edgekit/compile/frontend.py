@@ -1,0 +1,289 @@
+"""Bring a model into TVM Relax: nn.Module, ExportedProgram, .pt2, .onnx or ``package.module:factory``.
+
+The torch.export route is tried first for torch models (it handles more graphs);
+``.onnx`` files go through TVM's ONNX frontend.  Every route also yields a
+*reference* function that runs the original framework (torch or ONNX Runtime),
+so the compiled artifact is checked against the model the user gave, not
+against TVM itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgekit.artifacts import TensorSpec
+from edgekit.compile.tvm_env import import_tvm
+from edgekit.errors import InputShapeError, ModelLoadError, UnsupportedOperatorError, UsageError
+
+
+@dataclass(frozen=True)
+class ImportedModel:
+    """A model in Relax plus what the artifact manifest needs to describe it."""
+
+    mod: Any  # tvm.IRModule
+    inputs: list[TensorSpec]
+    reference: Callable[[list[np.ndarray]], list[np.ndarray]]  # the original framework
+    frontend: str  # "torch.export" | "onnx"
+    source: str  # where the model came from, for the manifest
+    content_sha256: str  # hash of the model's graph and weights
+
+
+def import_model(model, *, input_shapes=None, example_inputs=None, frontend: str = "auto") -> ImportedModel:
+    """Dispatch on what ``model`` is; see the module docstring."""
+    import torch
+
+    if isinstance(model, (str, Path)):
+        text = str(model)
+        if re.fullmatch(r"[\w.]+:\w+", text) and not Path(text).exists():
+            return _from_torch_module(_load_factory(text), input_shapes, example_inputs, source=text)
+        path = Path(text)
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        if path.suffix == ".onnx" or frontend == "onnx":
+            return _from_onnx_file(path, input_shapes)
+        if path.suffix in (".pt2", ".pt", ".ep"):
+            return _from_exported_program(_load_pt2(path), input_shapes, source=str(path))
+        raise ModelLoadError(f"{path}: unknown model format '{path.suffix}'",
+                             hint="use a .pt2 file from torch.export.save, an .onnx file, or package.module:factory")
+    if isinstance(model, torch.export.ExportedProgram):
+        return _from_exported_program(model, input_shapes, source="ExportedProgram")
+    if isinstance(model, torch.nn.Module):
+        if frontend == "onnx":
+            return _torch_via_onnx(model, input_shapes, example_inputs)
+        return _from_torch_module(model, input_shapes, example_inputs, source=type(model).__qualname__)
+    raise UsageError(f"cannot compile a {type(model).__name__}",
+                     hint="pass an nn.Module, an ExportedProgram, or the path of a .pt2/.onnx file")
+
+
+# ---------------------------------------------------------------- torch
+
+
+def _load_factory(spec: str):
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelLoadError(f"cannot load model factory '{spec}': {exc}",
+                             hint="give package.module:callable, importable from the current directory") from None
+    model = factory()
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise ModelLoadError(f"'{spec}' returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _load_pt2(path: Path):
+    import torch
+
+    try:
+        return torch.export.load(str(path))
+    except Exception as exc:  # torch raises many kinds for a corrupt zip or pickle
+        raise ModelLoadError(
+            f"{path} is not a readable torch.export file ({type(exc).__name__}: {str(exc)[:200]})",
+            hint="the file may be truncated or corrupt; save it again with torch.export.save") from None
+
+
+def _example_inputs(input_shapes, example_inputs, what: str):
+    import torch
+
+    if example_inputs is not None:
+        return tuple(torch.as_tensor(x) for x in example_inputs)
+    if not input_shapes:
+        raise InputShapeError(f"{what}: input shapes are unknown", hint="pass --input-shape 1,3,224,224 (once per input)")
+    generator = torch.Generator().manual_seed(0)
+    return tuple(torch.randn(*shape, generator=generator) for shape in input_shapes)
+
+
+def _from_torch_module(module, input_shapes, example_inputs, *, source: str) -> ImportedModel:
+    import torch
+
+    module = module.eval()
+    inputs = _example_inputs(input_shapes, example_inputs, source)
+    try:
+        with torch.no_grad():
+            module(*inputs)
+    except RuntimeError as exc:
+        raise InputShapeError(
+            f"{source} does not accept inputs of shape {[tuple(x.shape) for x in inputs]}: {_first_line(exc)}",
+            hint="check --input-shape against what the model's first layer expects") from None
+    try:
+        program = torch.export.export(module, inputs)
+    except Exception as exc:
+        raise UnsupportedOperatorError(f"torch.export could not trace {source}: {_first_line(exc)}",
+                                       hint="try frontend='onnx', or make the forward pass traceable") from None
+    return _from_exported_program(program, None, source=source)
+
+
+def _from_exported_program(program, input_shapes, *, source: str) -> ImportedModel:
+    import torch
+
+    import_tvm()
+    from tvm.relax.frontend.torch import from_exported_program
+
+    placeholders = [s for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    fake_shapes = [tuple(_placeholder(program, s.arg.name).meta["val"].shape) for s in placeholders]
+    if input_shapes and [tuple(s) for s in input_shapes] != fake_shapes:
+        # An exported program is specialized to its example shapes (unless exported with dynamic dims).
+        raise InputShapeError(f"{source} was exported for input shapes {fake_shapes}, not {list(map(tuple, input_shapes))}",
+                              hint="export the model again with the shape you want, or drop --input-shape")
+    try:
+        mod = from_exported_program(program, keep_params_as_input=False, unwrap_unit_return_tuple=True)
+    except AssertionError as exc:
+        missing = re.findall(r"'([^']+)'", str(exc))
+        raise UnsupportedOperatorError(_unsupported_torch_message(program, missing, source),
+                                       hint="rewrite that part of the model with supported ops, or export to ONNX "
+                                            "and compile the .onnx file") from None
+    except Exception as exc:
+        raise UnsupportedOperatorError(f"TVM's torch.export frontend failed on {source}: {_first_line(exc)}") from None
+
+    inputs = [TensorSpec(name=s.arg.name, shape=shape, dtype=_torch_dtype(_placeholder(program, s.arg.name)))
+              for s, shape in zip(placeholders, fake_shapes)]
+    module = program.module()
+
+    def reference(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = module(*[torch.from_numpy(a) for a in arrays])
+        return [t.detach().numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
+
+    return ImportedModel(mod=mod, inputs=inputs, reference=reference, frontend="torch.export", source=source,
+                         content_sha256=_hash_exported_program(program))
+
+
+def _placeholder(program, name):
+    return next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
+
+
+def _torch_dtype(node) -> str:
+    return str(node.meta["val"].dtype).removeprefix("torch.")
+
+
+def _unsupported_torch_message(program, missing_ops: list[str], source: str) -> str:
+    where = []
+    for node in program.graph.nodes:
+        if node.op == "call_function" and getattr(node.target, "__name__", "") in missing_ops:
+            stack = node.meta.get("nn_module_stack") or {}
+            module_path = list(stack.values())[-1][0] if stack else "(top level)"
+            where.append(f"{node.target.__name__} at node '{node.name}' in module '{module_path or '(root)'}'")
+    detail = "; ".join(where) if where else ", ".join(missing_ops)
+    return f"unsupported operator in {source} (frontend torch.export): {detail}"
+
+
+def _hash_exported_program(program) -> str:
+    digest = hashlib.sha256(str(program.graph).encode())
+    for name, tensor in sorted({**program.state_dict, **program.constants}.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _torch_via_onnx(module, input_shapes, example_inputs) -> ImportedModel:
+    import torch
+
+    inputs = _example_inputs(input_shapes, example_inputs, type(module).__qualname__)
+    buffer = io.BytesIO()
+    torch.onnx.export(module.eval(), inputs, buffer, dynamo=False, opset_version=17)
+    return _from_onnx_bytes(buffer.getvalue(), None, source=type(module).__qualname__)
+
+
+# ---------------------------------------------------------------- onnx
+
+
+def _from_onnx_file(path: Path, input_shapes) -> ImportedModel:
+    return _from_onnx_bytes(path.read_bytes(), input_shapes, source=str(path))
+
+
+def _from_onnx_bytes(data: bytes, input_shapes, *, source: str) -> ImportedModel:
+    import onnx
+
+    tvm = import_tvm()
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        model = onnx.load_from_string(data)
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ModelLoadError(f"{source} is not a valid ONNX model ({_first_line(exc)})",
+                             hint="the file may be truncated or corrupt; export it again") from None
+    initializers = {init.name for init in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in initializers]
+    file_shapes = [tuple(d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim)
+                   for i in graph_inputs]
+    shapes = _resolve_onnx_shapes(source, file_shapes, input_shapes)
+    dtypes = [onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name for i in graph_inputs]
+    unsupported = _unsupported_onnx_nodes(model)
+    if unsupported:
+        raise UnsupportedOperatorError(f"unsupported operator in {source} (frontend onnx): {unsupported}",
+                                       hint="re-export with a lower opset or replace that op; for torch models "
+                                            "compile the .pt2 instead")
+    shape_dict = {i.name: list(s) for i, s in zip(graph_inputs, shapes)}
+    try:
+        mod = from_onnx(model, shape_dict=shape_dict, dtype_dict={i.name: d for i, d in zip(graph_inputs, dtypes)},
+                        keep_params_in_input=False)
+    except tvm.error.OpNotImplemented as exc:
+        raise UnsupportedOperatorError(f"{source} (frontend onnx): {_first_line(exc)}") from None
+    except Exception as exc:
+        raise UnsupportedOperatorError(f"TVM's ONNX frontend failed on {source}: {_first_line(exc)}") from None
+
+    inputs = [TensorSpec(name=i.name, shape=s, dtype=d) for i, s, d in zip(graph_inputs, shapes, dtypes)]
+
+    def reference(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        return list(session.run(None, {spec.name: a for spec, a in zip(inputs, arrays)}))
+
+    return ImportedModel(mod=mod, inputs=inputs, reference=reference, frontend="onnx", source=source,
+                         content_sha256=hashlib.sha256(data).hexdigest())
+
+
+def _resolve_onnx_shapes(source, file_shapes, input_shapes):
+    if input_shapes is None:
+        if any(d < 1 for shape in file_shapes for d in shape):
+            raise InputShapeError(f"{source} has dynamic input dimensions {file_shapes}",
+                                  hint="pass --input-shape once per input, e.g. --input-shape 1,3,224,224")
+        return file_shapes
+    if len(input_shapes) != len(file_shapes):
+        raise InputShapeError(f"{source} has {len(file_shapes)} inputs, got {len(input_shapes)} --input-shape values")
+    resolved = []
+    for index, (given, declared) in enumerate(zip(input_shapes, file_shapes)):
+        given = tuple(given)
+        if len(given) != len(declared) or any(d > 0 and d != g for d, g in zip(declared, given)):
+            raise InputShapeError(f"{source}: input {index} is declared {declared} (-1 = any), got {given}")
+        resolved.append(given)
+    return resolved
+
+
+def _unsupported_onnx_nodes(model) -> str:
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    supported = set(_get_convert_map()) | {"If", "Constant"}
+    bad = [f"{node.op_type} at node '{node.name or '(unnamed)'}'" for node in model.graph.node
+           if node.op_type not in supported]
+    return "; ".join(bad)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """``"1,3,224,224"`` -> ``(1, 3, 224, 224)``; used by the CLI."""
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        raise UsageError(f"bad --input-shape '{text}'", hint="write it as 1,3,224,224") from None
+    if not shape or any(d < 1 for d in shape):
+        raise UsageError(f"bad --input-shape '{text}': every dimension must be >= 1")
+    return shape

@@ -1,0 +1,1 @@
+"""Fixtures shipped with the package: tiny models and local test devices."""
