@@ -42,6 +42,8 @@ def import_model(model, *, input_shapes=None, example_inputs=None, frontend: str
 
     if isinstance(model, (str, Path)):
         text = str(model)
+        if text.startswith("zoo:"):
+            return _from_zoo(text.removeprefix("zoo:"), input_shapes, example_inputs)
         if re.fullmatch(r"[\w.]+:\w+", text) and not Path(text).exists():
             return _from_torch_module(_load_factory(text), input_shapes, example_inputs, source=text)
         path = Path(text)
@@ -79,6 +81,14 @@ def _load_factory(spec: str):
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(f"'{spec}' returned a {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _from_zoo(name: str, input_shapes, example_inputs) -> ImportedModel:
+    """A bundled, trained model from edgekit's zoo (``zoo:fmnist-resnet``), batch 1 unless told otherwise."""
+    from edgekit.data.zoo import load_zoo_model, zoo_entry
+
+    shapes = input_shapes or [(1, *zoo_entry(name).input_shape)]
+    return _from_torch_module(load_zoo_model(name), shapes, example_inputs, source=f"zoo:{name}")
 
 
 def _load_pt2(path: Path):
@@ -167,14 +177,22 @@ def _torch_dtype(node) -> str:
 
 
 def _unsupported_torch_message(program, missing_ops: list[str], source: str) -> str:
-    where = []
-    for node in program.graph.nodes:
-        if node.op == "call_function" and getattr(node.target, "__name__", "") in missing_ops:
-            stack = node.meta.get("nn_module_stack") or {}
-            module_path = list(stack.values())[-1][0] if stack else "(top level)"
-            where.append(f"{node.target.__name__} at node '{node.name}' in module '{module_path or '(root)'}'")
+    # TVM checks the graph after torch's decompositions, so look for the op there too.
+    where = _locate_nodes(program, missing_ops) or _locate_nodes(program.run_decompositions(), missing_ops)
     detail = "; ".join(where) if where else ", ".join(missing_ops)
     return f"unsupported operator in {source} (frontend torch.export): {detail}"
+
+
+def _locate_nodes(program, op_names: list[str]) -> list[str]:
+    where = []
+    for node in program.graph.nodes:
+        if node.op == "call_function" and getattr(node.target, "__name__", "") in op_names:
+            stack = node.meta.get("nn_module_stack") or {}
+            module_path = list(stack.values())[-1][0] if stack else ""
+            trace = [t.strip() for t in (node.meta.get("stack_trace") or "").strip().splitlines()]
+            code = f" ({' '.join(trace[-2:])})" if trace else ""  # 'File "m.py", line 9, in forward' + the code
+            where.append(f"{node.target.__name__} at node '{node.name}' in module '{module_path or '(root)'}'{code}")
+    return where
 
 
 def _hash_exported_program(program) -> str:
@@ -190,7 +208,11 @@ def _torch_via_onnx(module, input_shapes, example_inputs) -> ImportedModel:
 
     inputs = _example_inputs(input_shapes, example_inputs, type(module).__qualname__)
     buffer = io.BytesIO()
-    torch.onnx.export(module.eval(), inputs, buffer, dynamo=False, opset_version=17)
+    try:
+        torch.onnx.export(module.eval(), inputs, buffer, dynamo=False, opset_version=17)
+    except Exception as exc:  # torch names the op it cannot export on the first line
+        raise UnsupportedOperatorError(f"{type(module).__qualname__} (frontend onnx, via torch.onnx.export): "
+                                       f"{_first_line(exc)}") from None
     return _from_onnx_bytes(buffer.getvalue(), None, source=type(module).__qualname__)
 
 

@@ -405,7 +405,13 @@ class RemoteHost:
                     channel.status_event.wait(0.02)
         finally:
             channel.close()
-        result = CommandResult(self.name, display, channel.recv_exit_status(), out.decode(errors="replace"),
+        status = channel.recv_exit_status()
+        if status == -1 and not self.connected:
+            raise self._fail(ConnectionLostError, "connection lost while the command ran", command=display,
+                             stderr=err.decode(errors="replace"),
+                             hint="the device rebooted, lost power or the network dropped")
+        # -1 with the link up: the process was killed by a signal (paramiko ignores exit-signal).
+        result = CommandResult(self.name, display, status, out.decode(errors="replace"),
                                err.decode(errors="replace"), time.monotonic() - started)
         if result.exit_status in (124, 137) and check:
             raise self._fail(DeviceTimeoutError, f"{what or 'command'} exceeded its time limit on the device",
@@ -415,6 +421,27 @@ class RemoteHost:
             raise self._fail(cls, f"{what or 'remote command'} failed", command=display,
                              exit_status=result.exit_status, stderr=result.stderr or result.stdout)
         return result
+
+    def spawn(self, argv: Sequence[str], *, time_limit_s: float, env: dict[str, str] | None = None) -> "RemoteProcess":
+        """Start ``argv`` on the device with stdin kept open; it is killed at ``time_limit_s`` regardless."""
+        import paramiko
+
+        command = quote_command(argv)
+        variables = {**self.env, **(env or {})}
+        if variables:
+            command = "env " + quote_command([f"{k}={v}" for k, v in variables.items()]) + " " + command
+        wrapped = (f"if command -v timeout >/dev/null 2>&1; then exec timeout -k {KILL_AFTER_S} {int(time_limit_s) + 1} "
+                   f"{command}; else exec {command}; fi")
+        try:
+            channel = self._transport().open_session(timeout=self.connect_timeout_s)
+            channel.exec_command(wrapped)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            self.close()
+            raise self._fail(ConnectionLostError, f"cannot start remote command ({exc or type(exc).__name__})",
+                             command=command[:200]) from None
+        self.stats.commands += 1
+        channel.settimeout(0.0)
+        return RemoteProcess(self, channel, command if len(command) < 200 else command[:200] + "...")
 
     # -- transfers --------------------------------------------------------------------------------------------
 
@@ -515,3 +542,84 @@ class _HostKeyPolicy:
         with open(path, "a") as f:
             f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
         h.trusted_new_key = fp
+
+
+class RemoteProcess:
+    """A long-lived remote command we talk to line by line (the device agent).
+
+    Its stdin stays open while we hold it; closing it (or losing the link) ends the process.
+    """
+
+    def __init__(self, host: RemoteHost, channel, display: str):
+        self.host = host
+        self.channel = channel
+        self.display = display
+        self._out = bytearray()
+        self._err = bytearray()
+
+    def send_line(self, text: str) -> None:
+        try:
+            self.channel.sendall((text + "\n").encode())
+        except (OSError, EOFError) as exc:
+            raise self.host._fail(ConnectionLostError, f"connection lost talking to the device agent ({exc})",
+                                  command=self.display, stderr=self.stderr) from None
+
+    @property
+    def stderr(self) -> str:
+        while self.channel.recv_stderr_ready():
+            self._err += self.channel.recv_stderr(65536)
+        return self._err.decode(errors="replace")
+
+    def read_line(self, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self._out:
+            progressed = False
+            while self.channel.recv_ready():
+                self._out += self.channel.recv(65536)
+                progressed = True
+            while self.channel.recv_stderr_ready():
+                self._err += self.channel.recv_stderr(65536)
+            if b"\n" in self._out:
+                break
+            if self.channel.exit_status_ready() and not self.channel.recv_ready():
+                raise self.host._fail(RemoteCommandError, "device agent stopped", command=self.display,
+                                      exit_status=self.channel.recv_exit_status(), stderr=self.stderr)
+            if self.channel.closed or not self.host.connected:
+                raise self.host._fail(ConnectionLostError, "connection lost while waiting for the device",
+                                      command=self.display, stderr=self.stderr)
+            if time.monotonic() > deadline:
+                raise self.host._fail(DeviceTimeoutError, f"device did not answer within {timeout_s:g} s",
+                                      command=self.display, stderr=self.stderr)
+            if not progressed:
+                self.channel.status_event.wait(0.01)
+        line, _, rest = bytes(self._out).partition(b"\n")
+        self._out = bytearray(rest)
+        return line.decode(errors="replace")
+
+    def read_json(self, timeout_s: float) -> dict:
+        import json
+
+        line = self.read_line(timeout_s)
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise self.host._fail(RemoteCommandError, f"device answered something that is not JSON: {line[:200]!r}",
+                                  command=self.display, stderr=self.stderr) from None
+
+    def request(self, obj: dict, timeout_s: float) -> dict:
+        import json
+
+        self.send_line(json.dumps(obj))
+        return self.read_json(timeout_s)
+
+    def close(self, wait_s: float = 5.0) -> None:
+        try:
+            self.channel.shutdown_write()
+            self.channel.status_event.wait(wait_s)
+        except Exception:
+            pass
+        try:
+            self.channel.close()
+        except Exception:
+            pass
+

@@ -5,23 +5,36 @@ This file is uploaded to the device and run there, so it must need nothing but
 the Python standard library, numpy and the TVM runtime: it never imports edgekit.
 
     python3 runner.py ARTIFACT_DIR [--warmup N] [--repeats N] [--threads N] [--check-only]
+                      [--kernels] [--kernel-repeats N] [--time-limit S] [--watch-stdin] [--site DIR]
 
 Exit codes: 0 ok (the JSON says whether outputs matched), 20 artifact integrity
-failure (sha256), 21 TVM runtime missing, 22 library failed to load.
+failure (sha256), 21 TVM runtime missing, 22 library failed to load, 23 time
+limit reached, 24 the client went away (stdin closed, with --watch-stdin).
+A crash (segfault) kills the process by its signal; faulthandler prints the
+Python stack to stderr first.
+
+Per-kernel timing (--kernels): TVM 0.24+ has no per-layer profiler, so the
+runner records every kernel call of one run with the VM's instrument hook
+(symbol + arguments), then times each fused kernel alone with the library's
+``time_evaluator`` on copies of the arguments it saw.
 """
 
 import argparse
+import faulthandler
 import hashlib
 import json
 import os
 import platform
 import socket
 import sys
+import threading
 import time
 
 EXIT_INTEGRITY = 20
 EXIT_NO_RUNTIME = 21
 EXIT_LOAD_FAILED = 22
+EXIT_TIME_LIMIT = 23
+EXIT_CLIENT_GONE = 24
 
 
 def main(argv=None):
@@ -31,7 +44,21 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--check-only", action="store_true", help="check outputs, do not time")
+    parser.add_argument("--kernels", action="store_true", help="also time each fused kernel alone")
+    parser.add_argument("--kernel-repeats", type=int, default=10)
+    parser.add_argument("--time-limit", type=float, default=0, help="seconds; 0 = none")
+    parser.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes (client gone)")
+    parser.add_argument("--site", action="append", default=[], help="extra site-packages dir (device runtime)")
+    parser.add_argument("--emulated", action="store_true", help="mark the device as emulated")
     args = parser.parse_args(argv)
+    faulthandler.enable()  # a segfault prints the Python stack to stderr before the process dies
+    if args.time_limit > 0:
+        start_time_limit(args.time_limit)
+    if args.watch_stdin:
+        start_stdin_watch()
+    for site in reversed(args.site):
+        if os.path.isdir(site):
+            sys.path.insert(0, site)
 
     manifest = read_manifest(args.artifact_dir)
     problem = verify_files(args.artifact_dir, manifest)
@@ -71,14 +98,102 @@ def main(argv=None):
 
     report = {"ok": True, "artifact_id": manifest["artifact_id"], "target": manifest["target"]["name"],
               "threads": args.threads, "warmup": args.warmup, "import_s": round(import_s, 3),
-              "output_check": check, "device": fingerprint(tvm)}
+              "output_check": check, "device": fingerprint(tvm, args.emulated)}
+    report["emulated"] = report["device"]["emulated"]
     if not args.check_only:
         for _ in range(args.warmup):
             vm["main"](*inputs)
         timer = vm.time_evaluator("main", device, number=1, repeat=args.repeats)
         report["samples_ms"] = [s * 1000.0 for s in timer(*inputs).results]
+        if args.kernels:
+            report["kernels"] = time_kernels(tvm, library, vm, inputs, device, args.kernel_repeats)
     emit(report)
     return 0
+
+
+def start_time_limit(limit_s):
+    """Stop at the limit even when the model hangs in native code.
+
+    A Python thread reports the limit in JSON when it can get the GIL; faulthandler's
+    C-level watchdog (no GIL needed) ends the process two seconds later regardless.
+    """
+    def expire():
+        emit({"ok": False, "error": "time_limit", "message": "runner exceeded its time limit of %gs" % limit_s})
+        os._exit(EXIT_TIME_LIMIT)
+
+    timer = threading.Timer(limit_s, expire)
+    timer.daemon = True
+    timer.start()
+    faulthandler.dump_traceback_later(limit_s + 2, exit=True)
+
+
+def start_stdin_watch():
+    """The host keeps our stdin open while it waits; EOF means it went away, so stop."""
+    def watch():
+        try:  # os.read, not sys.stdin: a daemon thread inside a buffered read aborts interpreter shutdown
+            while os.read(0, 4096):
+                pass
+        except OSError:
+            pass
+        os._exit(EXIT_CLIENT_GONE)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def time_kernels(tvm, library, vm, inputs, device, repeats):
+    """Time each fused kernel the model calls, alone, on copies of the arguments of one real run."""
+    owners = {}
+
+    def owner_of(symbol):
+        if symbol not in owners:
+            owners[symbol] = None
+            for module in [library] + list(library.imports):
+                try:
+                    module.get_function(symbol)
+                    owners[symbol] = module
+                    break
+                except Exception:
+                    continue
+        return owners[symbol]
+
+    calls = []
+
+    def instrument(func, symbol, before_run, ret_value, *args):
+        if before_run and owner_of(symbol) is not None:
+            calls.append((symbol, [copy_arg(tvm, a, device) for a in args]))
+        return 0  # VMInstrumentReturnKind.NO_OP
+
+    vm.set_instrument(instrument)
+    try:
+        vm["main"](*inputs)
+    finally:
+        vm.set_instrument(lambda *a: 0)
+    kernels, index = [], {}
+    for symbol, args in calls:
+        key = (symbol, tuple(str(describe_arg(a)) for a in args))
+        if key in index:
+            kernels[index[key]]["calls"] += 1
+            continue
+        timer = owner_of(symbol).time_evaluator(symbol, device, number=1, repeat=repeats, min_repeat_ms=1)
+        samples = [s * 1000.0 for s in timer(*args).results]
+        index[key] = len(kernels)
+        kernels.append({"name": symbol, "calls": 1, "args": [describe_arg(a) for a in args],
+                        "samples_ms": samples, "median_ms": sorted(samples)[len(samples) // 2]})
+    for k in kernels:
+        k["total_ms"] = k["median_ms"] * k["calls"]
+    return kernels
+
+
+def copy_arg(tvm, arg, device):
+    if hasattr(arg, "numpy") and hasattr(arg, "shape"):
+        return tvm.runtime.tensor(arg.numpy(), device)
+    return arg
+
+
+def describe_arg(arg):
+    if hasattr(arg, "shape") and hasattr(arg, "dtype"):
+        return {"shape": [int(d) for d in arg.shape], "dtype": str(arg.dtype)}
+    return repr(arg)
 
 
 def read_manifest(artifact_dir):
@@ -121,9 +236,11 @@ def compare(actual, expected, tolerance, np):
     return {"passed": passed, "max_abs_error": max_abs, "atol": atol, "rtol": rtol}
 
 
-def fingerprint(tvm):
+def fingerprint(tvm, emulated=False):
     """What makes two measurements comparable: the board, its OS, its clocks and its runtime."""
     return {
+        "emulated": bool(emulated) or is_emulated(),
+        "board": read_text("/proc/device-tree/model"),
         "hostname": socket.gethostname(),
         "machine": platform.machine(),
         "kernel": platform.release(),
@@ -135,6 +252,18 @@ def fingerprint(tvm):
         "python": platform.python_version(),
         "tvm": tvm.__version__,
     }
+
+
+def is_emulated():
+    """Under qemu-user the kernel's /proc/cpuinfo describes the host CPU, not the one we run as."""
+    text = (read_text("/proc/cpuinfo") or "").lower()
+    machine = platform.machine().lower()
+    x86_cpu = "vendor_id" in text and ("genuineintel" in text or "authenticamd" in text)
+    if machine.startswith(("aarch64", "arm")):
+        return x86_cpu
+    if machine in ("x86_64", "amd64", "i686"):
+        return "cpu implementer" in text
+    return False
 
 
 def cpu_model():

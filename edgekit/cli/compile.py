@@ -1,0 +1,47 @@
+"""``edgekit compile``: a model file (or package.module:factory) -> an artifact directory."""
+
+from __future__ import annotations
+
+from edgekit.cli.output import add_json_option, add_targets_dir_option, emit_json, info, progress
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("compile", help="compile a model for a target profile")
+    add_model_options(parser)
+    parser.add_argument("--target", default="host", help="target profile name or .toml path (default: host)")
+    parser.add_argument("-o", "--out-dir", default=None, help="where artifacts go (default: ./edgekit-artifacts)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the same artifact exists")
+    add_targets_dir_option(parser)
+    add_json_option(parser)
+    parser.set_defaults(func=run)
+
+
+def add_model_options(parser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="a .pt2 file (torch.export.save), an .onnx file, or package.module:factory")
+    parser.add_argument("--input-shape", action="append", default=None, metavar="1,3,224,224",
+                        help="input shape, once per input (needed for factories and dynamic ONNX inputs)")
+    parser.add_argument("--frontend", choices=("auto", "onnx"), default="auto",
+                        help="auto: torch.export for torch models, ONNX for .onnx files")
+
+
+def compile_from_args(args, target):
+    from edgekit.compile import compile_model
+    from edgekit.compile.frontend import parse_input_shape
+    from edgekit.targets import load_target
+
+    profile = load_target(target, args.targets_dir)
+    shapes = [parse_input_shape(s) for s in args.input_shape] if args.input_shape else None
+    return compile_model(args.model, profile, input_shapes=shapes, out_dir=getattr(args, "out_dir", None),
+                         frontend=args.frontend, force=getattr(args, "force", False), progress=progress)
+
+
+def run(args) -> int:
+    artifact = compile_from_args(args, args.target)
+    if args.json:
+        emit_json(artifact.to_dict())
+    else:
+        info(f"artifact {artifact.artifact_id} for {artifact.target_name} ({artifact.manifest['elf_machine']}, "
+             f"{artifact.size_bytes} bytes)")
+        print(artifact.path)
+    return 0
