@@ -80,6 +80,11 @@ def main(argv=None):
               "python": sys.executable})
         return EXIT_NO_RUNTIME
     import_s = time.perf_counter() - started
+    if manifest["target"]["kind"] == "cuda":
+        problem = load_cuda_runtime(tvm)
+        if problem:
+            emit({"ok": False, "error": "no_runtime", "message": problem})
+            return EXIT_NO_RUNTIME
 
     device = tvm.cuda(0) if manifest["target"]["kind"] == "cuda" else tvm.cpu(0)
     try:
@@ -194,6 +199,23 @@ def describe_arg(arg):
     if hasattr(arg, "shape") and hasattr(arg, "dtype"):
         return {"shape": [int(d) for d in arg.shape], "dtype": str(arg.dtype)}
     return repr(arg)
+
+
+def load_cuda_runtime(tvm):
+    """Load TVM's CUDA runtime, which runtime-only TVM (no compiler library, as on a device) skips.
+
+    Without it, loading a CUDA artifact fails with "loader of that name is not registered".
+    """
+    import ctypes
+
+    if tvm.get_global_func("device_api.cuda", allow_missing=True) is not None:
+        return None
+    path = os.path.join(os.path.dirname(tvm.__file__), "lib", "libtvm_runtime_cuda.so")
+    try:
+        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    except OSError as exc:
+        return "cannot load TVM's CUDA runtime %s: %s (needs libcudart 13 and an NVIDIA driver)" % (path, exc)
+    return None
 
 
 def read_manifest(artifact_dir):

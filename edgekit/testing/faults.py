@@ -146,14 +146,14 @@ def build_faulty_artifact(base: CompiledArtifact, out_dir: Path, kind: str) -> C
     """
     import numpy as np
     import tvm
-    from tvm import relax
     from tvm.script import ir as I
     from tvm.script import relax as R
-    from tvm.script import tir as T
+    from tvm.script import tirx as T
 
+    # Distinct class names: TVMScript finds a class's source by its name.
     if kind == "segfault":
         @I.ir_module
-        class Module:
+        class SegfaultModule:
             @T.prim_func
             def kernel(a: T.Buffer((1, 4), "float32"), b: T.Buffer((1, 4), "float32")):
                 T.func_attr({"global_symbol": "kernel", "tir.noalias": True})
@@ -164,12 +164,14 @@ def build_faulty_artifact(base: CompiledArtifact, out_dir: Path, kind: str) -> C
 
             @R.function
             def main(x: R.Tensor((1, 4), "float32")) -> R.Tensor((1, 4), "float32"):
-                cls = Module
-                y = R.call_tir(cls.kernel, (x,), out_sinfo=R.Tensor((1, 4), "float32"))
+                cls = SegfaultModule
+                y = R.call_tir(cls.kernel, (x,), out_ty=R.Tensor((1, 4), "float32"))
                 return y
+
+        Module = SegfaultModule
     elif kind == "hang":
         @I.ir_module
-        class Module:
+        class HangModule:
             @T.prim_func
             def kernel(a: T.Buffer((1, 4), "float32"), b: T.Buffer((1, 4), "float32")):
                 T.func_attr({"global_symbol": "kernel", "tir.noalias": True})
@@ -180,9 +182,11 @@ def build_faulty_artifact(base: CompiledArtifact, out_dir: Path, kind: str) -> C
 
             @R.function
             def main(x: R.Tensor((1, 4), "float32")) -> R.Tensor((1, 4), "float32"):
-                cls = Module
-                y = R.call_tir(cls.kernel, (x,), out_sinfo=R.Tensor((1, 4), "float32"))
+                cls = HangModule
+                y = R.call_tir(cls.kernel, (x,), out_ty=R.Tensor((1, 4), "float32"))
                 return y
+
+        Module = HangModule
     else:
         raise ValueError(kind)
     artifact_id = f"faulty-{kind}-{base.artifact_id[:8]}"
