@@ -33,14 +33,16 @@ def test_rpi5_build_uses_the_a76_features(mobilenet, tmp_path):
     assert tvm_target["mcpu"] == "cortex-a76" and tvm_target["feature.has_dotprod"] is True
 
 
-def test_cuda_profile_embeds_a_fatbin_for_its_arch(mobilenet, tmp_path):
+@pytest.mark.parametrize("target, arch, host_machine", [("jetson-orin-nano", "sm_87", "aarch64"),
+                                                       ("cuda-sm90", "sm_90", "x86-64")])
+def test_cuda_profile_embeds_a_fatbin_for_its_arch(target, arch, host_machine, mobilenet, tmp_path):
     model, shape = mobilenet
-    artifact = compile_model(model, "jetson-orin-nano", input_shapes=[shape], out_dir=tmp_path)
-    assert artifact.manifest["target"]["cuda_arch"] == "sm_87"
-    assert artifact.manifest["target"]["tvm_target"]["arch"] == "sm_87"
-    assert artifact.manifest["elf_machine"] == "aarch64"  # host code for the Orin's Cortex-A78AE
+    artifact = compile_model(model, target, input_shapes=[shape], out_dir=tmp_path)
+    assert artifact.manifest["target"]["cuda_arch"] == arch
+    assert artifact.manifest["target"]["tvm_target"]["arch"] == arch
+    assert artifact.manifest["elf_machine"] == host_machine  # host code, e.g. for the Orin's Cortex-A78AE
     strings = subprocess.run(["strings", str(artifact.library_path)], capture_output=True, text=True).stdout
-    assert "-arch sm_87" in strings  # nvcc's command line inside the fatbin
+    assert f"-arch {arch}" in strings  # nvcc's command line inside the fatbin
     assert "__global__" not in strings  # compiled device code, not CUDA C for the board to compile
 
 

@@ -72,8 +72,40 @@ def optimize_graph(mod, target):
     return mod
 
 
-def build_library(mod, profile: TargetProfile, library_path: Path):
-    """Compile ``mod`` for ``profile`` and write the shared library to ``library_path``."""
+def lowering_passes(target) -> list:
+    """Relax -> fused TIR functions: the part of the default pipeline that decides what a kernel is.
+
+    Tuning (edgekit.compile.tune) extracts its tasks after exactly these passes, so the
+    fused functions a later build looks up in the tuning database are structurally the
+    ones that were tuned.
+    """
+    import_tvm()
+    from tvm import relax
+
+    return [*relax.pipeline.library_dispatch_passes(target), *relax.pipeline.legalize_passes(target)]
+
+
+def tuned_pipeline(target, database):
+    """The default pipeline with the tuned schedules of ``database`` applied to the fused kernels."""
+    tvm = import_tvm()
+    from tvm import relax
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgekitTunedPipeline")
+    def _pipeline(mod, _ctx):
+        with target, database:
+            seq = [*lowering_passes(target), relax.transform.MetaScheduleApplyDatabase(enable_warning=False),
+                   *relax.pipeline.dataflow_lower_passes(target), *relax.pipeline.finalize_passes(target)]
+            return tvm.transform.Sequential(seq)(mod)
+
+    return _pipeline
+
+
+def build_library(mod, profile: TargetProfile, library_path: Path, *, tuning_database=None):
+    """Compile ``mod`` for ``profile`` and write the shared library to ``library_path``.
+
+    ``tuning_database`` (a MetaSchedule database, see edgekit.compile.tune) replaces the
+    default schedules of the kernels it has records for; the others stay as they are.
+    """
     tvm = import_tvm()
     from tvm import relax
 
@@ -86,7 +118,9 @@ def build_library(mod, profile: TargetProfile, library_path: Path):
         import tvm.support.nvcc  # noqa: F401  registers the compile callback
     try:
         with target:
-            executable = tvm.compile(mod, target, relax_pipeline=relax.get_default_pipeline(target))
+            pipeline = (tuned_pipeline(target, tuning_database) if tuning_database is not None
+                        else relax.get_default_pipeline(target))
+            executable = tvm.compile(mod, target, relax_pipeline=pipeline)
     except Exception as exc:
         raise _explain_build_failure(exc, profile) from None
     finally:

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""A device runner with deliberately slow kernels: edgekit's real runner, plus real sleeps.
+
+Used to build a device whose latency is known to be non-monotone in a layer's width (a test
+device; real boards do this too, e.g. when a width falls off a SIMD or cache sweet spot).
+``EDGEKIT_SLOW_KERNELS`` is a JSON list of ``{"weight_shape": [O, I, KH, KW], "sleep_ms": S}``:
+every call of a kernel whose second argument (the weight) has that shape sleeps ``S`` ms.
+
+Nothing is faked after the fact: the timed function really sleeps, and the time comes from the
+clock around it.  Whole-model timings sleep once per slow kernel call of one inference (counted
+with the VM's instrument hook); per-kernel timings sleep inside each timed repeat.
+
+    python3 slow_runner.py ARTIFACT_DIR [the runner's options]
+
+Like deploy/runner.py it needs only numpy and the TVM runtime, and never imports edgekit.
+"""
+
+import json
+import os
+import sys
+import time
+
+SLOW_ENV = "EDGEKIT_SLOW_KERNELS"
+RUNNER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy", "runner.py")
+
+
+def slow_specs():
+    try:
+        specs = json.loads(os.environ.get(SLOW_ENV, "[]"))
+    except json.JSONDecodeError:
+        return []
+    return [(tuple(int(d) for d in s["weight_shape"]), float(s["sleep_ms"]) / 1000.0) for s in specs]
+
+
+def sleep_for(args, specs):
+    """Seconds one call with these arguments must sleep (0 when its weight shape is not slow)."""
+    if len(args) < 2 or not hasattr(args[1], "shape"):
+        return 0.0
+    shape = tuple(int(d) for d in args[1].shape)
+    return sum(s for w, s in specs if w == shape)
+
+
+class _Result:
+    def __init__(self, results):
+        self.results = results
+        self.mean = sum(results) / len(results) if results else 0.0
+
+
+def _loop(fn, args, repeat, extra_s):
+    results = []
+    for _ in range(max(1, repeat)):
+        start = time.perf_counter()
+        fn(*args)
+        if extra_s > 0:
+            time.sleep(extra_s)
+        results.append(time.perf_counter() - start)
+    return _Result(results)
+
+
+def install(specs):
+    """Wrap the TVM runtime's time evaluators so that slow kernels really take longer."""
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    module_cls = tvm.runtime.Module
+    original_module_te = module_cls.time_evaluator
+    original_vm_te = VirtualMachine.time_evaluator
+
+    def module_te(self, func_name, dev, number=10, repeat=1, *a, **kw):
+        inner = original_module_te(self, func_name, dev, number, repeat, *a, **kw)
+        fn = self.get_function(func_name)
+
+        def timed(*args):
+            extra = sleep_for(args, specs)
+            return _loop(fn, args, repeat, extra) if extra > 0 else inner(*args)
+
+        return timed
+
+    def vm_te(self, func_name, dev, number=10, repeat=1, *a, **kw):
+        inner = original_vm_te(self, func_name, dev, number, repeat, *a, **kw)
+
+        def timed(*args):
+            extra = [0.0]
+
+            def count(func, symbol, before_run, ret_value, *call_args):
+                if before_run:
+                    extra[0] += sleep_for(call_args, specs)
+                return 0
+
+            self.set_instrument(count)
+            try:
+                self[func_name](*args)
+            finally:
+                self.set_instrument(lambda *x: 0)
+            return _loop(self[func_name], args, repeat, extra[0]) if extra[0] > 0 else inner(*args)
+
+        return timed
+
+    module_cls.time_evaluator = module_te
+    VirtualMachine.time_evaluator = vm_te
+
+
+def main(argv):
+    # The runner sets these before it imports tvm; we import tvm first, so set them the same way.
+    threads = "1"
+    if "--threads" in argv:
+        threads = argv[argv.index("--threads") + 1]
+    os.environ["TVM_NUM_THREADS"] = threads
+    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    sys.modules.setdefault("torch", None)
+    sys.path.insert(0, os.path.dirname(RUNNER))
+    import runner  # edgekit/deploy/runner.py, imported as a plain script module
+
+    install(slow_specs())
+    return runner.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
