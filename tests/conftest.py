@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -31,26 +30,9 @@ def device_runtime_site(edgekit_cache) -> Path:
     Unpacked once into the cache; a device "with the runtime" gets it on its PYTHONPATH, like a board
     whose python already has apache-tvm installed.
     """
-    import platform
-    import sys
+    from edgekit.testing.sshd import local_runtime_site
 
-    from edgekit.deploy.checks import runtime_bundle
-
-    site = edgekit_cache / f"site-{platform.machine()}-cp{sys.version_info[0]}{sys.version_info[1]}"
-    if not (site / ".complete").is_file():
-        bundle = runtime_bundle(platform.machine(), platform.python_version(), cache=edgekit_cache)
-        tmp = site.with_name(site.name + f".tmp{os.getpid()}")
-        with tarfile.open(bundle) as tar:
-            tar.extractall(tmp)
-        (tmp / ".complete").write_text("ok\n")
-        if site.exists():
-            import shutil
-
-            shutil.rmtree(site)
-        tmp.rename(site)
-        for root, dirs, files in os.walk(site):
-            os.chmod(root, 0o755)
-    return site
+    return local_runtime_site(edgekit_cache)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 from edgekit.cli.main import main
 from edgekit.deploy.deploy import DeviceEntry, MeasureOptions, deploy_model
@@ -225,3 +224,32 @@ def test_ssh_config_alias_is_used_by_deploy(device, host_artifact, tmp_path):
                          connect={"ssh_config": str(config), "allow_agent": False})
     assert fleet.ok, fleet.results[0].error
     assert fleet.results[0].host == device.host_spec
+
+
+def test_measure_latency_on_a_device_returns_a_report(device, host_artifact):
+    from edgekit.measure.protocol import measure_latency
+
+    report = measure_latency(host_artifact, device.host_spec, warmup=1, repeats=7, kernels=True,
+                             connect=device.connect_kwargs())
+    assert report.artifact_id == host_artifact.artifact_id and len(report.samples_ms) == 7
+    assert report.output_check["passed"] and report.kernels and not report.emulated
+    assert report.device["host"] == device.host_spec and report.stats["median_ms"] > 0
+
+
+def test_agent_gives_the_lock_up_when_the_host_falls_silent_but_not_while_it_pings(device, monkeypatch):
+    from edgekit.deploy.deploy import _Session
+
+    monkeypatch.setattr(_Session, "IDLE_S", 1.5)
+    monkeypatch.setattr(_Session, "HEARTBEAT_S", 0.3)
+    with RemoteHost(device.host_spec, **device.connect_kwargs()) as remote:
+        alive = _Session(remote, "~/.edgekit", 1.0, 30.0)
+        time.sleep(3)
+        assert alive.request("state")["ok"]  # heartbeats kept it
+        alive.close()
+    monkeypatch.setattr(_Session, "HEARTBEAT_S", 3600.0)
+    with RemoteHost(device.host_spec, **device.connect_kwargs()) as silent_host:
+        silent = _Session(silent_host, "~/.edgekit", 1.0, 30.0)  # a host whose link went quiet
+        time.sleep(3)
+        with RemoteHost(device.host_spec, **device.connect_kwargs()) as other:
+            _Session(other, "~/.edgekit", 0.5, 30.0).close()  # the lock is free again
+        silent.close()

@@ -76,7 +76,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from dataclasses import replace
 
-    from edgekit.deploy.deploy import MeasureOptions, default_measure, deploy_model, resolve_artifact
+    from edgekit.deploy.deploy import default_measure, deploy_model, resolve_artifact
     from edgekit.errors import UsageError
 
     if not args.host and not args.inventory:

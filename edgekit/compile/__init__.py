@@ -29,7 +29,7 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
                   out_dir: str | Path | None = None, recipe: dict[str, Any] | None = None,
                   frontend: str = "auto", tolerance: dict[str, float] | None = None,
                   reference_inputs: list[np.ndarray] | None = None, force: bool = False,
-                  progress=None) -> CompiledArtifact:
+                  progress=None, tuning: str | Path | bool | None = "auto") -> CompiledArtifact:
     """Compile ``model`` for ``target`` into ``out_dir/<artifact_id>/`` and return the artifact.
 
     ``model`` is an ``nn.Module``, a ``torch.export.ExportedProgram``, the path of a
@@ -37,6 +37,9 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
     recipe and target give the same id; an existing valid artifact is reused
     unless ``force``.  ``reference_inputs`` replaces the seeded random inputs
     used for the on-device output check (e.g. real images for a quantized model).
+    ``tuning``: ``"auto"`` applies the target's MetaSchedule database when one exists
+    (written by ``edgekit tune``, see edgekit.compile.tune), a path names a database
+    directory, ``False``/``None`` builds with TVM's default schedules.
     """
     from edgekit.compile.build import build_library, check_toolchain, resolve_tvm_target
     from edgekit.compile.frontend import import_model
@@ -50,6 +53,7 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
     tvm = import_tvm()
     tvm_target = resolve_tvm_target(profile)
     tolerance = {**DEFAULT_TOLERANCE, **(tolerance or {})}
+    tuning_dir, tuning_digest, tuning_applied = _tuning_for(imported.mod, profile, tvm_target, tuning)
     key = {
         "model": imported.content_sha256,
         "frontend": imported.frontend,
@@ -62,6 +66,8 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
         "tolerance": tolerance,
         "reference_inputs": _hash_arrays(reference_inputs) if reference_inputs is not None else None,
     }
+    if tuning_digest is not None:  # only then: untuned artifacts keep the ids they always had
+        key["tuning_records"] = tuning_digest
     artifact_id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     out_root = Path(out_dir or DEFAULT_OUT_DIR)
     final_dir = out_root / artifact_id
@@ -75,13 +81,21 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
     work_dir = Path(tempfile.mkdtemp(prefix=f".{artifact_id}.", dir=out_root))
     try:
         with step(f"building for {profile.name}"):
-            build_library(imported.mod, profile, work_dir / LIBRARY_NAME)
+            database = None
+            if tuning_digest is not None:
+                from edgekit.compile.tune import open_database
+
+                database = open_database(tuning_dir)
+            build_library(imported.mod, profile, work_dir / LIBRARY_NAME, tuning_database=database)
         inputs = reference_inputs if reference_inputs is not None else _seeded_inputs(imported.inputs)
         outputs = imported.reference(inputs)
         np.savez(work_dir / REFERENCE_NAME, **{f"in{i}": a for i, a in enumerate(inputs)},
                  **{f"out{i}": a for i, a in enumerate(outputs)})
         manifest = _manifest(artifact_id, profile, tvm_target, tvm.__version__, imported, outputs, work_dir,
                              recipe, tolerance)
+        if tuning_digest is not None:
+            manifest["tuning"] = {"database": str(tuning_dir), "records_sha256": tuning_digest,
+                                  "kernels_tuned": tuning_applied}
         (work_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         if final_dir.exists():
             shutil.rmtree(final_dir)
@@ -89,6 +103,24 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     return CompiledArtifact.open(final_dir)
+
+
+def _tuning_for(mod, profile, tvm_target, tuning):
+    """(database dir, digest of the records a build applies, how many) or (None, None, 0)."""
+    if tuning is None or tuning is False or profile.kind != "cpu":
+        return None, None, 0  # GPU targets keep TVM's DLight schedules
+    from edgekit.compile.tune import applied_records_digest, find_database
+
+    if tuning == "auto":
+        path = find_database(profile, tvm_target)
+    else:
+        path = Path(tuning)
+        if not path.is_dir():
+            raise CompileError(f"tuning database {path} does not exist", hint="run `edgekit tune` first")
+    if path is None:
+        return None, None, 0
+    digest, applied = applied_records_digest(mod, tvm_target, path)
+    return (path, digest, applied) if digest else (None, None, 0)
 
 
 def _seeded_inputs(specs) -> list[np.ndarray]:

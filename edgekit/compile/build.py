@@ -66,8 +66,10 @@ def optimize_graph(mod, target):
     tvm = import_tvm()
     from tvm import relax
 
+    from edgekit.compile.graph_passes import layout_passes
+
     passes = [relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
-              relax.transform.CanonicalizeBindings(), relax.transform.FoldConstant()]
+              relax.transform.CanonicalizeBindings(), relax.transform.FoldConstant(), *layout_passes(target)]
     mod = tvm.transform.Sequential(passes)(mod)
     return mod
 

@@ -389,17 +389,14 @@ def _run_search(extracted, tvm_target, db_path, database, budget, per_iter, moni
     import_tvm()
     from tvm.s_tir import meta_schedule as ms
 
-    @ms.derived_object
-    class _Callback(ms.measure_callback.PyMeasureCallback):
-        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-            monitor.apply(task_scheduler, task_id, measure_candidates, builder_results, runner_results)
+    from tvm.s_tir.meta_schedule.measure_callback.measure_callback import _PyMeasureCallback
 
     log_dir = db_path / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    contexts = ms.relax_integration.extracted_tasks_to_tune_contexts(
+    _import_cpu_tensor_intrinsics()
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         extracted, work_dir=str(log_dir), num_threads=_num_cores(tvm_target))
-    weights = [float(t.weight) for t in extracted]
-    with _worker_environment(threads):
+    with _worker_environment(threads), _quiet_metaschedule():
         import functools
 
         compiler = profile.cross_compiler
@@ -410,11 +407,36 @@ def _run_search(extracted, tvm_target, db_path, database, budget, per_iter, moni
         runner = session.runner() if session else ms.runner.LocalRunner(
             timeout_sec=RUN_TIMEOUT_S, evaluator_config=ms.runner.EvaluatorConfig(
                 number=5, repeat=3, min_repeat_ms=50, enable_cpu_cache_flush=False))
-        callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _Callback()]
+        callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _PyMeasureCallback(monitor.apply)]
         ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(log_dir), max_trials_global=budget,
                       max_trials_per_task=budget, num_trials_per_iter=per_iter, builder=builder, runner=runner,
                       database=database, measure_callbacks=callbacks, task_scheduler="gradient",
                       cost_model="xgb")
+
+
+def _import_cpu_tensor_intrinsics() -> None:
+    """Register the CPU tensor intrinsics only.
+
+    Every ``TuneContext`` imports ``tvm.s_tir.tensor_intrin``, whose CUDA part builds
+    hundreds of TIR functions: 30 s to 2 min on this machine, for a CPU target that never
+    uses them.  A package object that loads just the x86 and Arm submodules (1-5 s) takes
+    its place when it was not imported yet.
+    """
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    package = types.ModuleType(name, "CPU tensor intrinsics only (edgekit.compile.tune)")
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__package__ = name
+    sys.modules[name] = package
+    for sub in ("x86", "arm_cpu"):
+        setattr(package, sub, importlib.import_module(f"{name}.{sub}"))
 
 
 def _num_cores(tvm_target) -> int:
@@ -449,6 +471,26 @@ class _worker_environment:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        return False
+
+
+class _quiet_metaschedule:
+    """MetaSchedule prints a full task table after every batch; edgekit prints one line instead.
+
+    Its complete logs stay in the database's logs/ folder; ``-v`` shows them here too.
+    """
+
+    def __enter__(self):
+        import logging
+
+        self.logger = logging.getLogger("tvm.s_tir.meta_schedule")
+        self.level = self.logger.level
+        if not logging.getLogger("edgekit").isEnabledFor(logging.DEBUG):
+            self.logger.setLevel(logging.WARNING)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
         return False
 
 

@@ -4,10 +4,13 @@
 The host sends this file's source with ``python3 -c``; nothing is installed.  Two modes:
 
     agent probe ROOT            print the device facts as one JSON line, exit
-    agent session ROOT WAIT_S   print the facts, take ROOT/.lock (waiting up to WAIT_S), print the
+    agent session ROOT WAIT_S [IDLE_S]
+                                print the facts, take ROOT/.lock (waiting up to WAIT_S), print the
                                 deploy state, then answer one JSON request per stdin line until
-                                stdin closes; the lock dies with the process, so a vanished client
-                                never leaves a board locked.
+                                stdin closes, or until nothing (not even a "ping") arrives for IDLE_S
+                                seconds: a link that died silently is only noticed by the device's
+                                sshd hours later, and the board must not stay locked that long.  The
+                                lock dies with the process.
 
 Layout under ROOT (default ~/.edgekit):
 
@@ -375,7 +378,26 @@ def take_lock(root, wait_s):
     return handle, None
 
 
-def session(root, wait_s):
+def stdin_lines(idle_s):
+    """Lines from stdin; stops at EOF or after idle_s seconds of silence."""
+    import select
+
+    pending = b""
+    while True:
+        ready, _, _ = select.select([0], [], [], idle_s)
+        if not ready:
+            sys.stderr.write("edgekit agent: no word from the host for %gs, giving up the lock\n" % idle_s)
+            return
+        chunk = os.read(0, 65536)
+        if not chunk:
+            return
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            yield line.decode("utf-8", "replace")
+
+
+def session(root, wait_s, idle_s=120.0):
     store = Store(root)
     try:
         store.ensure()
@@ -389,12 +411,14 @@ def session(root, wait_s):
     store.clean_tmp()
     store.gc()
     emit({"ok": True, "locked": True, "state": store.state()})
-    for line in sys.stdin:
+    for line in stdin_lines(idle_s):
         if not line.strip():
             continue
         try:
             request = json.loads(line)
             op = request.pop("op")
+            if op == "ping":
+                continue  # the host is alive; no answer, so pings never mix with replies
             if op == "state":
                 reply = {"ok": True, "state": store.state()}
             elif op == "commit":
@@ -434,8 +458,8 @@ def main(argv):
         return 0
     if len(argv) >= 3 and argv[0] == "session":
         emit(facts(argv[1]))
-        return session(argv[1], float(argv[2]))
-    sys.stderr.write("usage: agent probe ROOT | agent session ROOT WAIT_S\n")
+        return session(argv[1], float(argv[2]), *(float(a) for a in argv[3:4]))
+    sys.stderr.write("usage: agent probe ROOT | agent session ROOT WAIT_S [IDLE_S]\n")
     return 4
 
 

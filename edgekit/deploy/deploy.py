@@ -214,8 +214,7 @@ def _agent_argv(mode: str, root: str, *extra: str) -> list[str]:
 def probe_device(remote: RemoteHost, root: str = DEFAULT_ROOT) -> dict[str, Any]:
     """The device facts (arch, python, glibc, runtime versions, disk, governor, load)."""
     result = remote.run(_agent_argv("probe", root), timeout_s=120, check=False, env=DEVICE_ENV)
-    if result.exit_status == 127 or "python3: not found" in result.stderr or "No such file" in result.stderr \
-            and not result.stdout:
+    if result.exit_status == 127 or ("not found" in result.stderr and not result.stdout):
         raise DeviceRuntimeError("python3 is missing on the device", host=remote.name,
                                  command="python3 -c <agent> probe", exit_status=result.exit_status,
                                  stderr=result.stderr, hint="install python3 (3.10 or newer) on the device")
@@ -268,11 +267,15 @@ def _major_minor(version: str) -> str:
 class _Session:
     """The device agent holding the lock; requests go over its stdin."""
 
+    IDLE_S = 120.0  # the agent gives the lock up after this long without a word from us
+    HEARTBEAT_S = 15.0
+
     def __init__(self, remote: RemoteHost, root: str, lock_wait_s: float, request_timeout_s: float):
         self.remote = remote
         self.request_timeout_s = request_timeout_s
-        self.process = remote.spawn(_agent_argv("session", root, str(lock_wait_s)), time_limit_s=6 * 3600,
-                                    env=DEVICE_ENV)
+        self.process = remote.spawn(_agent_argv("session", root, str(lock_wait_s), str(self.IDLE_S)),
+                                    time_limit_s=6 * 3600, env=DEVICE_ENV)
+        self._stop = threading.Event()
         try:
             first = self.process.read_json(timeout_s=request_timeout_s + 60)
         except RemoteCommandError as exc:
@@ -293,11 +296,21 @@ class _Session:
             raise RemoteCommandError(f"device agent failed: {locked}", host=remote.name)
         self.state = locked["state"]
         self.root = first["root"]
+        # Long uploads and runs send no requests: pings tell the agent we are still here.
+        threading.Thread(target=self._heartbeat, daemon=True).start()
+
+    def _heartbeat(self):
+        while not self._stop.wait(self.HEARTBEAT_S):
+            try:
+                self.process.send_line('{"op": "ping"}')
+            except Exception:
+                return
 
     def request(self, op: str, **kw) -> dict:
         return self.process.request({"op": op, **kw}, timeout_s=self.request_timeout_s)
 
     def close(self):
+        self._stop.set()
         self.process.close()
 
 
@@ -440,7 +453,8 @@ def _run_runner(remote: RemoteHost, root: str, version_dir: str, artifact: Compi
     status = result.exit_status
     command = result.command
     common = dict(host=remote.name, command=command, exit_status=status, stderr=result.stderr)
-    if status in (RUNNER_TIME_LIMIT, 124, 137):
+    # 23: the runner's own limit; "Timeout (" is faulthandler's backstop when the GIL was held; 124/137: `timeout`
+    if status in (RUNNER_TIME_LIMIT, 124, 137) or (status == 1 and "Timeout (" in result.stderr):
         raise RunnerTimeoutError(f"runner exceeded its time limit of {measure.time_limit_s:g} s and was stopped",
                                  hint="the model hangs on this device or the limit is too short (--time-limit)",
                                  **common)

@@ -15,13 +15,14 @@ Safety rules this module keeps (each one learned the hard way, see DESIGN.md sec
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import re
 import shlex
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -40,6 +41,9 @@ from edgekit.errors import (
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
 TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
+# paramiko logs every connection at INFO and a dead link's traceback at ERROR from its own thread; edgekit
+# raises an error that says the same in words, so keep paramiko quiet unless asked (EDGEKIT_DEBUG_SSH=1).
+logging.getLogger("paramiko").setLevel(logging.DEBUG if os.environ.get("EDGEKIT_DEBUG_SSH") else logging.CRITICAL)
 # Extra seconds a remote process gets after SIGTERM before SIGKILL.
 KILL_AFTER_S = 5
 
@@ -284,11 +288,13 @@ class RemoteHost:
         client.set_missing_host_key_policy(_HostKeyPolicy(self))
         keys = [p for p in self.identity_files if os.path.isfile(os.path.expanduser(p))]
         self._client = client
+        started = time.monotonic()
         try:
             client.connect(
                 self.spec.hostname, port=self.spec.port, username=self.spec.user or getpass.getuser(),
                 key_filename=keys or None, look_for_keys=not keys, allow_agent=self.allow_agent, sock=sock,
-                timeout=self.connect_timeout_s, banner_timeout=self.connect_timeout_s,
+                # the banner deadline fires first and says what happened; key exchange gets longer
+                timeout=2 * self.connect_timeout_s, banner_timeout=self.connect_timeout_s,
                 auth_timeout=self.auth_timeout_s, channel_timeout=self.connect_timeout_s)
         except paramiko.BadHostKeyException as exc:
             raise self._fail(
@@ -311,7 +317,8 @@ class RemoteHost:
                              hint="the port answers but no SSH server speaks on it") from None
         except paramiko.SSHException as exc:
             text = str(exc)
-            if "banner" in text.lower() or "timeout" in text.lower() or "timed out" in text.lower():
+            silent = time.monotonic() - started >= 0.9 * self.connect_timeout_s
+            if silent or "banner" in text.lower() or "timeout" in text.lower() or "timed out" in text.lower():
                 raise self._fail(DeviceTimeoutError, f"no SSH answer within {self.connect_timeout_s:g} s ({text})",
                                  transient=True, hint="the port accepts connections but nothing answers") from None
             raise self._fail(ConnectionLostError, f"SSH handshake failed: {text}", transient=True) from None
@@ -483,6 +490,10 @@ class RemoteHost:
                     if progress:
                         progress(sent, total)
                 dst.chmod(mode)
+            # Pipelined writes can fail without an error reaching us (ENOSPC is one): the size says.
+            written = sftp.stat(remote).st_size
+            if written != total:
+                raise OSError(f"Failure: {written} of {total} bytes written")
             self.stats.bytes_uploaded += sent
             self.stats.files_uploaded += 1
             return sent
@@ -504,12 +515,6 @@ class RemoteHost:
 
     def free_bytes(self, path: str) -> int | None:
         """Free space (bytes) of the file system holding ``path`` on the device."""
-        try:
-            st = self.sftp().statvfs(path) if hasattr(self.sftp(), "statvfs") else None
-        except Exception:
-            st = None
-        if st is not None:
-            return st.f_bavail * st.f_frsize
         result = self.run(["df", "-Pk", path], check=False, timeout_s=30)
         try:
             return int(result.stdout.splitlines()[1].split()[3]) * 1024
@@ -556,10 +561,12 @@ class RemoteProcess:
         self.display = display
         self._out = bytearray()
         self._err = bytearray()
+        self._send_lock = threading.Lock()  # a heartbeat thread writes too: keep lines whole
 
     def send_line(self, text: str) -> None:
         try:
-            self.channel.sendall((text + "\n").encode())
+            with self._send_lock:
+                self.channel.sendall((text + "\n").encode())
         except (OSError, EOFError) as exc:
             raise self.host._fail(ConnectionLostError, f"connection lost talking to the device agent ({exc})",
                                   command=self.display, stderr=self.stderr) from None

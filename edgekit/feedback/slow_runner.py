@@ -3,8 +3,9 @@
 
 Used to build a device whose latency is known to be non-monotone in a layer's width (a test
 device; real boards do this too, e.g. when a width falls off a SIMD or cache sweet spot).
-``EDGEKIT_SLOW_KERNELS`` is a JSON list of ``{"weight_shape": [O, I, KH, KW], "sleep_ms": S}``:
-every call of a kernel whose second argument (the weight) has that shape sleeps ``S`` ms.
+``EDGEKIT_SLOW_KERNELS`` is a JSON list of ``{"weight_shape": [O, I, KH, KW], "out_shape": [...], "sleep_ms": S}``:
+every call of a kernel whose second argument (the weight) has that shape, and whose last argument (the
+output) has ``out_shape`` when given, sleeps ``S`` ms.
 
 Nothing is faked after the fact: the timed function really sleeps, and the time comes from the
 clock around it.  Whole-model timings sleep once per slow kernel call of one inference (counted
@@ -29,15 +30,22 @@ def slow_specs():
         specs = json.loads(os.environ.get(SLOW_ENV, "[]"))
     except json.JSONDecodeError:
         return []
-    return [(tuple(int(d) for d in s["weight_shape"]), float(s["sleep_ms"]) / 1000.0) for s in specs]
+    return [(_dims(s["weight_shape"]), _dims(s["out_shape"]) if s.get("out_shape") else None,
+             float(s["sleep_ms"]) / 1000.0) for s in specs]
+
+
+def _dims(shape):
+    """A shape as a sorted tuple: the same spec then holds whether the kernel is NCHW/OIHW or NHWC/OHWI."""
+    return tuple(sorted(int(d) for d in shape))
 
 
 def sleep_for(args, specs):
-    """Seconds one call with these arguments must sleep (0 when its weight shape is not slow)."""
+    """Seconds one call with these arguments must sleep (0 unless its weight, and output, shapes are slow)."""
     if len(args) < 2 or not hasattr(args[1], "shape"):
         return 0.0
-    shape = tuple(int(d) for d in args[1].shape)
-    return sum(s for w, s in specs if w == shape)
+    weight = _dims(args[1].shape)
+    out = _dims(args[-1].shape) if hasattr(args[-1], "shape") else None
+    return sum(s for w, o, s in specs if w == weight and (o is None or o == out))
 
 
 class _Result:

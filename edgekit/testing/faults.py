@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -22,9 +21,11 @@ from edgekit.artifacts import MANIFEST_NAME, CompiledArtifact, sha256_file
 
 
 class FaultProxy:
-    """``mode``: "forward", "blackhole", or "cut" (close both sides after ``cut_after`` client bytes).
+    """``mode``: "forward", "blackhole", "cut" (close both sides after ``cut_after`` client bytes) or
+    "stall" (after ``cut_after`` client bytes forward nothing more, silently, with both sockets left open:
+    a link that died without a FIN or RST).
 
-    ``cut_once``: only the first connection is cut; later ones (a cleanup reconnect) are forwarded.
+    ``cut_once``: only the first connection is cut or stalled; later ones (a reconnect) are forwarded.
     """
 
     def __init__(self, target_port: int, *, mode: str = "forward", cut_after: int = 0, cut_once: bool = True):
@@ -41,6 +42,7 @@ class FaultProxy:
         self.port = self._listener.getsockname()[1]
         self._sockets: list[socket.socket] = []
         self._closed = False
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
         self._thread.start()
 
@@ -61,7 +63,7 @@ class FaultProxy:
                 client.close()
                 continue
             self._sockets.append(upstream)
-            cut = self.mode == "cut" and not (self.cut_once and self.cuts)
+            cut = self.mode in ("cut", "stall") and not (self.cut_once and self.cuts)
             if cut:
                 self.cuts += 1
             threading.Thread(target=self._pump, args=(client, upstream, self.cut_after if cut else None),
@@ -77,6 +79,8 @@ class FaultProxy:
                     break
                 if limit is not None and sent + len(data) >= limit:
                     dst.sendall(data[: max(0, limit - sent)])
+                    if self.mode == "stall":
+                        self._stopped.wait()  # read nothing more, close nothing: silence
                     break
                 dst.sendall(data)
                 sent += len(data)
@@ -90,6 +94,7 @@ class FaultProxy:
 
     def close(self):
         self._closed = True
+        self._stopped.set()
         with contextlib.suppress(OSError):
             self._listener.close()
         for s in self._sockets:

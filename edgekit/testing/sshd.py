@@ -315,3 +315,31 @@ def device_processes(device: SshDevice) -> list[str]:
         if home in cmd or remote_home in cmd:
             found.append(cmd)
     return found
+
+
+def local_runtime_site(cache: Path | str | None = None) -> Path:
+    """This machine's TVM runtime as `edgekit device setup` installs it, unpacked once into the cache.
+
+    A local device "with the runtime" gets it on its PYTHONPATH, like a board whose python already has
+    apache-tvm (the system python3 of the device user has no numpy or tvm).
+    """
+    import platform
+    import sys
+    import tarfile
+
+    from edgekit.deploy.checks import cache_dir, runtime_bundle
+
+    cache = Path(cache) if cache else cache_dir()
+    site = cache / f"site-{platform.machine()}-cp{sys.version_info[0]}{sys.version_info[1]}"
+    if not (site / ".complete").is_file():
+        bundle = runtime_bundle(platform.machine(), platform.python_version(), cache=cache)
+        tmp = site.with_name(site.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        with tarfile.open(bundle) as tar:
+            tar.extractall(tmp)
+        for root, _, _ in os.walk(tmp):
+            os.chmod(root, 0o755)  # the device's login user reads it
+        (tmp / ".complete").write_text("ok\n")
+        shutil.rmtree(site, ignore_errors=True)
+        tmp.rename(site)
+    return site

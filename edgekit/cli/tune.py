@@ -1,0 +1,64 @@
+"""``edgekit tune``: MetaSchedule tuning into the target's persistent database.
+
+    edgekit tune --model zoo:fmnist-resnet --target host --trials 200 --time-budget-s 1200
+    edgekit tune --model m.pt2 --target rpi4 --host pi@board --trials 200     # measured on the board
+    edgekit tune ... --resume        # --trials is then the total, trials already recorded included
+
+Every later ``edgekit compile`` for that target applies the database by itself.
+"""
+
+from __future__ import annotations
+
+from edgekit.cli.compile import add_model_options
+from edgekit.cli.deploy import add_connection_options, connect_kwargs
+from edgekit.cli.output import add_json_option, add_targets_dir_option, emit_json, info
+from edgekit.errors import UsageError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "tune", help="tune a model's kernels for a target (MetaSchedule); later compiles use the records",
+        description="Search schedules for the model's fused kernels and keep the best ones in a database per "
+                    "target (and per device when measured over --host).  Candidates are measured on this "
+                    "machine, or on the device through an SSH tunnel to a TVM RPC server started there.")
+    add_model_options(parser)
+    parser.add_argument("--target", default="host", help="target profile name or .toml path (default: host)")
+    parser.add_argument("--trials", type=int, default=64, help="candidates to measure (default: 64)")
+    parser.add_argument("--time-budget-s", type=float, default=None, metavar="S",
+                        help="stop after the batch that crosses S seconds of tuning")
+    parser.add_argument("--resume", action="store_true",
+                        help="count trials already in the database towards --trials (continue an interrupted run)")
+    parser.add_argument("--database", metavar="DIR", default=None,
+                        help="database directory (default: $EDGEKIT_CACHE/tuning/<target>/<fingerprint>)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads candidates are measured with (default: the profile's)")
+    add_connection_options(parser, several=True)
+    add_targets_dir_option(parser)
+    add_json_option(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from edgekit.compile.frontend import parse_input_shape
+    from edgekit.compile.tune import tune_model
+    from edgekit.targets import load_target
+
+    if getattr(args, "inventory", None) or len(args.host) > 1:
+        raise UsageError("tune measures on one device at a time", hint="give a single --host")
+    profile = load_target(args.target, args.targets_dir)
+    shapes = [parse_input_shape(s) for s in args.input_shape] if args.input_shape else None
+    remote_options = {}
+    if args.host:
+        remote_options = {**connect_kwargs(args), "root": args.root}
+    report = tune_model(args.model, profile, trials=args.trials, time_budget_s=args.time_budget_s,
+                        resume=args.resume, host=args.host[0] if args.host else None, input_shapes=shapes,
+                        frontend=args.frontend, database_path=args.database, threads=args.threads, log=info,
+                        **remote_options)
+    if args.json:
+        emit_json(report.to_dict())
+    else:
+        for task in report.tasks:
+            best = f"{task.best_us:10.1f} us" if task.best_us is not None else "     (none)"
+            info(f"  {task.name[:50]:50s} x{task.weight:g}  {task.trials:4d} trials  best {best}")
+        print(report.database_dir)
+    return 0
