@@ -190,7 +190,8 @@ def test_round_to_keeps_channel_counts_multiples():
 
 
 @pytest.mark.parametrize("bad", [{"ratio": 1.5}, {"ratio": -0.1}, {"importance": "taylor"},
-                                 {"layer_ratios": {"fc": 1.0}}, {"round_to": 0}])
+                                 {"layer_ratios": {"fc": 1.0}}, {"round_to": 0},
+                                 {"global_ranking": True, "layer_ratios": {"fc": 0.5}}])
 def test_bad_prune_options_fail_clearly(bad):
     with pytest.raises(RecipeError):
         PruneConfig(**bad)

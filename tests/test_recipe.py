@@ -178,3 +178,12 @@ def test_cli_bad_recipe_exits_15_before_loading_anything(tmp_path, capsys):
     code = main(["compress", "--recipe", str(recipe), "--model", "fmnist-resnet", "-o", str(tmp_path / "o")])
     assert code == 15
     assert "ratio must be a number in [0, 1)" in capsys.readouterr().err
+
+
+def test_shipped_example_recipes_parse():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).resolve().parent.parent / "tools" / "recipes").glob("*.toml"))
+    assert len(recipes) >= 3
+    for path in recipes:
+        assert load_recipe(path).steps

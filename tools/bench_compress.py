@@ -15,6 +15,7 @@ hits all rows alike.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -36,7 +37,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="fmnist-resnet", help="zoo model (default: %(default)s)")
     ap.add_argument("--teacher", default="original",
                     help="distillation teacher: 'original' (the unpruned model) or zoo:<name>")
-    ap.add_argument("--distill-epochs", type=int, default=6)
+    ap.add_argument("--distill-epochs", type=int, default=6, help="most distillation epochs after 50%% pruning")
+    ap.add_argument("--distill-epochs-30", type=int, default=3, help="most distillation epochs after 30%% pruning")
     ap.add_argument("--distill-lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training and runtime threads")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds")
@@ -91,9 +93,11 @@ def main(argv=None) -> int:
         variants.append((f"prune{pct}", f"{pct}% of channels removed (L1), no recovery", pruned))
         # one recipe, so that teacher "original" is the unpruned model (pruning is deterministic:
         # its first step gives the same model as the row above)
-        distilled = run(f"prune{pct}+kd", (PruneConfig(ratio=ratio, importance="l1"), distill_cfg))
+        epochs = args.distill_epochs if ratio == 0.5 else args.distill_epochs_30
+        kd_cfg = dataclasses.replace(distill_cfg, epochs=epochs)
+        distilled = run(f"prune{pct}+kd", (PruneConfig(ratio=ratio, importance="l1"), kd_cfg))
         variants.append((f"prune{pct}+kd", f"{pct}% channels, then distillation from the {args.teacher} model "
-                                           f"(<= {args.distill_epochs} epochs, early stop)", distilled))
+                                           f"(<= {epochs} epochs, early stop)", distilled))
         if ratio == 0.5:
             kd50 = distilled
     variants.append(("int8-per-channel", "BN folded, int8 weights per output channel, min-max activations",
@@ -135,11 +139,13 @@ def main(argv=None) -> int:
     log(f"latency: {args.rounds} interleaved rounds x {args.repeats} runs, {args.threads} thread(s)")
     per_round = {r["variant"]: [] for r in rows}
     p90 = {r["variant"]: [] for r in rows}
+    fastest = {r["variant"]: [] for r in rows}
     for rnd in range(args.rounds):
         for row, artifact in zip(rows, artifacts):
             rep = run_artifact(artifact, warmup=20, repeats=args.repeats, threads=args.threads)
             per_round[row["variant"]].append(rep.stats["median_ms"])
             p90[row["variant"]].append(rep.stats["p90_ms"])
+            fastest[row["variant"]].append(rep.stats["min_ms"])
         log(f"  round {rnd + 1}/{args.rounds} done")
     base_ms = statistics.median(per_round["baseline"])
     base_acc = rows[0]["accuracy_tvm"]
@@ -147,6 +153,7 @@ def main(argv=None) -> int:
         ms = statistics.median(per_round[row["variant"]])
         row["latency_ms"] = round(ms, 4)
         row["latency_p90_ms"] = round(statistics.median(p90[row["variant"]]), 4)
+        row["latency_min_ms"] = round(min(fastest[row["variant"]]), 4)
         row["latency_round_medians_ms"] = [round(v, 4) for v in per_round[row["variant"]]]
         row["speedup"] = round(base_ms / ms, 2)
         row["accuracy_delta_points"] = round((row["accuracy_tvm"] - base_acc) * 100, 2)
@@ -170,7 +177,8 @@ def main(argv=None) -> int:
         "latency_protocol": f"run_artifact, warmup 20, {args.repeats} runs x {args.rounds} interleaved rounds; "
                             "median of round medians",
         "accuracy_protocol": "top-1 of the compiled TVM artifact run on this host (edgekit.evaluate)",
-        "distill": {"teacher": args.teacher, "epochs_max": args.distill_epochs, "lr": args.distill_lr,
+        "distill": {"teacher": args.teacher, "epochs_max_prune50": args.distill_epochs,
+                    "epochs_max_prune30": args.distill_epochs_30, "lr": args.distill_lr,
                     "temperature": 4.0, "alpha": 0.7, "patience": 2, "seed": 0},
         "machine": {"platform": platform.platform(), "cpu": _cpu_model(), "cores": os.cpu_count(),
                     "loadavg_end": os.getloadavg()},
@@ -215,14 +223,14 @@ def markdown(result) -> str:
         f"{result['threads']} thread(s). Accuracy: {result['accuracy_protocol']}. "
         f"Latency: {result['latency_protocol']}.",
         "",
-        "| variant | accuracy (TVM) | Δ points | accuracy (torch) | params | MACs | size_bytes | latency_ms | "
-        "speed-up |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | accuracy (TVM) | Δ points | accuracy (torch) | params | MACs | size_bytes | latency_ms (median) "
+        "| min_ms | speed-up |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         lines.append(f"| {r['variant']} | {r['accuracy_tvm'] * 100:.2f}% | {r['accuracy_delta_points']:+.2f} | "
                      f"{r['accuracy_torch'] * 100:.2f}% | {r['params']:,} | {r['macs']:,} | {r['size_bytes']:,} | "
-                     f"{r['latency_ms']:.3f} | {r['speedup']:.2f}x |")
+                     f"{r['latency_ms']:.3f} | {r['latency_min_ms']:.3f} | {r['speedup']:.2f}x |")
     lines += ["", "Variants:", ""]
     lines += [f"- **{r['variant']}**: {r['description']}" for r in result["rows"]]
     lines += ["", "Targets:", ""]

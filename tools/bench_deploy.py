@@ -72,6 +72,9 @@ def main(argv=None) -> int:
                                  "p90_ms": r.report.stats["p90_ms"], "samples": len(r.report.samples_ms)})
     finally:
         device.remove()
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
     medians = [m["median_ms"] for m in measurements]
     result = {
         "artifact": {"id": artifact.artifact_id, "size_bytes": artifact.size_bytes},

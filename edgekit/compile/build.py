@@ -81,10 +81,17 @@ def lowering_passes(target) -> list:
     fused functions a later build looks up in the tuning database are structurally the
     ones that were tuned.
     """
-    import_tvm()
-    from tvm import relax
+    stages = _cpu_pipeline_stages()
+    return [*stages.library_dispatch_passes(target), *stages.legalize_passes(target)]
 
-    return [*relax.pipeline.library_dispatch_passes(target), *relax.pipeline.legalize_passes(target)]
+
+def _cpu_pipeline_stages():
+    # relax.pipeline.dataflow_lower_passes() fails for llvm in 0.27 (cpu_generic/__init__.py does not
+    # export it), so take the stages from the CPU backend's own module.
+    import_tvm()
+    from tvm.relax.backend.cpu_generic import pipeline
+
+    return pipeline
 
 
 def tuned_pipeline(target, database):
@@ -95,8 +102,9 @@ def tuned_pipeline(target, database):
     @tvm.transform.module_pass(opt_level=0, name="EdgekitTunedPipeline")
     def _pipeline(mod, _ctx):
         with target, database:
+            stages = _cpu_pipeline_stages()
             seq = [*lowering_passes(target), relax.transform.MetaScheduleApplyDatabase(enable_warning=False),
-                   *relax.pipeline.dataflow_lower_passes(target), *relax.pipeline.finalize_passes(target)]
+                   *stages.dataflow_lower_passes(target), *stages.finalize_passes(target)]
             return tvm.transform.Sequential(seq)(mod)
 
     return _pipeline

@@ -357,6 +357,11 @@ class _Monitor:
         self.best_us: dict[int, float] = {}
         self.out_of_time = False
 
+    def sent(self, count: int, task: str) -> None:
+        self.sent_total = getattr(self, "sent_total", 0) + count
+        self.say(f"  [{time.monotonic() - self.started:6.0f} s] building {count} candidates for {task[:48]} "
+                 f"({self.sent_total}/{self.budget} sent, {self.measured} measured)")
+
     def apply(self, scheduler, task_id, candidates, builder_results, runner_results) -> None:
         for built, ran in zip(builder_results, runner_results):
             self.measured += 1
@@ -394,10 +399,11 @@ def _run_search(extracted, tvm_target, db_path, database, budget, per_iter, moni
     log_dir = db_path / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     _import_cpu_tensor_intrinsics()
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        extracted, work_dir=str(log_dir), num_threads=_num_cores(tvm_target))
     with _worker_environment(threads), _quiet_metaschedule():
         import functools
+
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            extracted, work_dir=str(log_dir), num_threads=_num_cores(tvm_target))
 
         compiler = profile.cross_compiler
         builder = ms.builder.LocalBuilder(
@@ -408,10 +414,11 @@ def _run_search(extracted, tvm_target, db_path, database, budget, per_iter, moni
             timeout_sec=RUN_TIMEOUT_S, evaluator_config=ms.runner.EvaluatorConfig(
                 number=5, repeat=3, min_repeat_ms=50, enable_cpu_cache_flush=False))
         callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _PyMeasureCallback(monitor.apply)]
-        ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(log_dir), max_trials_global=budget,
-                      max_trials_per_task=budget, num_trials_per_iter=per_iter, builder=builder, runner=runner,
-                      database=database, measure_callbacks=callbacks, task_scheduler="gradient",
-                      cost_model="xgb")
+        with _progress_lines(monitor):
+            ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(log_dir), max_trials_global=budget,
+                          max_trials_per_task=budget, num_trials_per_iter=per_iter, builder=builder,
+                          runner=runner, database=database, measure_callbacks=callbacks,
+                          task_scheduler="gradient", cost_model="xgb")
 
 
 def _import_cpu_tensor_intrinsics() -> None:
@@ -475,9 +482,11 @@ class _worker_environment:
 
 
 class _quiet_metaschedule:
-    """MetaSchedule prints a full task table after every batch; edgekit prints one line instead.
+    """MetaSchedule prints its whole task table after every batch: keep that in the log files.
 
-    Its complete logs stay in the database's logs/ folder; ``-v`` shows them here too.
+    Its console handler takes the level the package logger has when the tuning contexts are
+    made, so WARNING is set just for that moment (``-v`` keeps everything); the files in the
+    database's logs/ folder still get every line.
     """
 
     def __enter__(self):
@@ -490,6 +499,49 @@ class _quiet_metaschedule:
         return self
 
     def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
+        return False
+
+
+class _progress_lines:
+    """Turns the scheduler's "Sending N sample(s) to builder" log lines into edgekit progress lines.
+
+    Added after the contexts are made: MetaSchedule's logging setup (dictConfig) replaces the
+    package logger's handlers.
+    """
+
+    def __init__(self, monitor):
+        import logging
+        import re
+
+        monitor_ref = monitor
+
+        class Handler(logging.Handler):
+            task = "?"
+
+            def emit(self, record):
+                message = record.getMessage()
+                picked = re.search(r"TaskScheduler picks Task #\d+: (\S+)", message)
+                if picked:
+                    self.task = picked.group(1)
+                sending = re.search(r"Sending (\d+) sample\(s\) to builder", message)
+                if sending:
+                    monitor_ref.sent(int(sending.group(1)), self.task)
+
+        self.handler = Handler(logging.INFO)
+        self.logger = logging.getLogger("tvm.s_tir.meta_schedule")
+
+    def __enter__(self):
+        import logging
+
+        self.level = self.logger.level
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
         self.logger.setLevel(self.level)
         return False
 

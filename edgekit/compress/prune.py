@@ -70,6 +70,9 @@ class PruneConfig:
             raise RecipeError(f"unknown prune importance {self.importance!r}; available: {', '.join(IMPORTANCE)}")
         if not 0.0 < self.max_group_ratio < 1.0:
             raise RecipeError(f"prune max_group_ratio must be in (0, 1), got {self.max_group_ratio!r}")
+        if self.global_ranking and self.layer_ratios:
+            raise RecipeError("prune: global_ranking and layer_ratios cannot be combined",
+                              hint="global ranking decides each layer's share itself")
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise RecipeError(f"prune round_to must be an integer >= 1, got {self.round_to!r}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
@@ -542,7 +545,7 @@ def prune_model(model, config: PruneConfig = PruneConfig(), *, example_input=Non
         k = max(config.round_to, int(math.ceil(k / config.round_to)) * config.round_to) if config.round_to > 1 else k
         return max(1, min(n, k))
 
-    if config.global_ranking and not config.layer_ratios:
+    if config.global_ranking:
         pool = []
         for root, g in prunable:
             s = scores[root.id]

@@ -1,0 +1,21 @@
+"""Deploy over SSH and measure on the device: ``deploy_model`` (several devices), ``deploy_to_host`` (one),
+``RemoteHost`` (paramiko, strict host keys, deadlines everywhere), ``check_device`` / ``setup_device``.
+
+Nothing here imports torch, tvm or paramiko at import time.
+"""
+
+from edgekit.deploy.checks import check_device, setup_device
+from edgekit.deploy.deploy import (
+    DeviceEntry,
+    DeviceResult,
+    FleetResult,
+    MeasureOptions,
+    deploy_model,
+    deploy_to_host,
+    read_inventory,
+    rollback_host,
+)
+from edgekit.deploy.remote import RemoteHost
+
+__all__ = ["RemoteHost", "DeviceEntry", "DeviceResult", "FleetResult", "MeasureOptions", "deploy_model",
+           "deploy_to_host", "read_inventory", "rollback_host", "check_device", "setup_device"]
