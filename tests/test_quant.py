@@ -56,14 +56,14 @@ def test_batchnorm_folding_is_exact_and_removes_the_bn():
 
 @pytest.fixture(scope="module")
 def digits_model():
-    """The zoo CNN, trained three epochs on digits (seconds): a real, non-random model."""
+    """The zoo CNN, trained one epoch on digits (seconds, ~97% test accuracy): a real, non-random model."""
     from edgekit.compress.distill import TrainConfig, train
     from edgekit.data import load_dataset
     from edgekit.data.zoo import build_zoo_model
 
     torch.manual_seed(0)
     model = build_zoo_model("fmnist-resnet")
-    train(model, load_dataset("digits", "train"), config=TrainConfig(epochs=3, lr=3e-3, val_size=0, batch_size=32),
+    train(model, load_dataset("digits", "train"), config=TrainConfig(epochs=1, lr=3e-3, val_size=0, batch_size=16),
           progress=False)
     return model.eval()
 
@@ -82,7 +82,7 @@ def test_quantized_model_keeps_accuracy_and_is_smaller(digits_model, granularity
     assert not any(isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) for m in q.modules())
     assert any(isinstance(m, QuantConv2d) for m in q.modules()) and any(isinstance(m, QuantLinear) for m in q.modules())
     base, quant = evaluate(digits_model, test), evaluate(q, test)
-    assert base > 0.5
+    assert base > 0.9
     assert quant >= base - 0.03
     assert state_dict_bytes(q) < state_dict_bytes(digits_model) / 2.5
 
@@ -101,6 +101,7 @@ def test_activations_sit_on_the_int8_grid(digits_model):
     assert bool((xq == xq.round()).all()) and float(xq.min()) >= -128 and float(xq.max()) <= 255
 
 
+@pytest.mark.slow
 def test_quantized_model_compiles_with_tvm_and_matches_torch_on_the_artifact(digits_model, tmp_path):
     from edgekit.compile import compile_model
     from edgekit.data import load_dataset

@@ -45,6 +45,8 @@ def register(subparsers) -> None:
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--step-ratio", type=float, default=0.1,
                         help="latency cut per iteration, as a fraction of the baseline's (default 0.1)")
+    search.add_argument("--width-step-ratio", type=float, default=0.125,
+                        help="candidate widths are multiples of this fraction of a group's width (default 0.125)")
     search.add_argument("--finetune-epochs", type=int, default=1)
     search.add_argument("--finetune-examples", type=int, default=5000)
     search.add_argument("--final-epochs", type=int, default=2)
@@ -53,6 +55,8 @@ def register(subparsers) -> None:
     search.add_argument("--max-iterations", type=int, default=30)
     search.add_argument("--exclude", action="append", default=[], metavar="GROUP",
                         help="layer group (producing module name or glob) never pruned; may repeat")
+    search.add_argument("--quantize", action="store_true",
+                        help="after the search, choose int8 or float per layer from measured latency and accuracy")
     search.add_argument("--torch-threads", type=int, default=None, help="torch threads for fine-tuning")
     add_json_option(parser)
     parser.set_defaults(func=run)
@@ -81,10 +85,11 @@ def run(args) -> int:
             args.model, args.data, latency_budget_ms=args.latency_budget_ms, metric=args.metric,
             size_budget_bytes=args.size_budget_bytes, accuracy_floor=args.accuracy_floor, target=args.target,
             host=args.host, connect=connect, threads=args.threads, run_dir=args.run_dir, proxy=args.proxy,
-            seed=args.seed, step_ratio=args.step_ratio, finetune_epochs=args.finetune_epochs,
+            seed=args.seed, step_ratio=args.step_ratio, width_step_ratio=args.width_step_ratio,
+            finetune_epochs=args.finetune_epochs,
             finetune_examples=args.finetune_examples, final_epochs=args.final_epochs,
             val_examples=args.val_examples, test_examples=args.test_examples, max_iterations=args.max_iterations,
-            exclude=tuple(args.exclude), **common)
+            exclude=tuple(args.exclude), quantize=args.quantize, **common)
     if args.json:
         emit_json(result.to_dict())
     else:

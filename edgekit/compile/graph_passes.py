@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from edgekit.compile.tvm_env import import_tvm
 
 # NHWC activations, OHWI weights for CPU (the pair TVM's layout inference handles).
@@ -40,3 +42,106 @@ def layout_passes(target) -> list:
         return []
     return [relax.transform.ConvertLayout({"relax.nn.conv2d": list(layout)}),
             relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings()]
+
+
+# ------------------------------------------------------------------------------------------- int8
+
+def integer_quantized_ops():
+    """A module pass: fake-quantized conv2d/matmul -> int8 x int8 kernels with int32 accumulation.
+
+    edgekit.compress.quantize exports each int8 layer as float arithmetic that TVM would fold
+    into an fp32 kernel:
+
+        xq = clip(round(x / s_x), qmin, qmax)              # activation on the int8 grid
+        w  = astype(W_int8, f32) * s_w                      # s_w per output channel, or a scalar
+        y  = conv2d(xq, w) * s_x            (or matmul(xq, permute_dims(w)) * s_x)
+
+    This pass rewrites each such chain into
+
+        y  = astype(conv2d(astype(xq, u8|i8), W_int8, out_dtype=i32), f32) * (s_x * s_w)
+
+    which is exact (integer products summed in int32; the float version sums the same
+    integers), keeps the weights as int8 constants (4x smaller library), and moves int8
+    activations through memory.  FuseOps then fuses the int32 conv with its requantize chain
+    (scale, bias, ReLU, the next layer's round/clip/astype) into one kernel that reads int8
+    and writes int8.  Layers whose activation is not quantized stay float.
+    """
+    tvm = import_tvm()
+    from tvm import relax
+    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+    x = wildcard()
+    x_scale = is_const()
+    quantized = is_op("relax.clip")(is_op("relax.round")(is_op("relax.divide")(x, x_scale)), wildcard(), wildcard())
+    w_int = is_const()
+    w_scale = is_const()
+    w_scale_reshaped = is_op("relax.reshape")(w_scale, wildcard())
+    weight = is_op("relax.multiply")(is_op("relax.astype")(w_int), w_scale_reshaped | w_scale)
+    conv = is_op("relax.nn.conv2d")(quantized, weight)
+    matmul = is_op("relax.matmul")(quantized, is_op("relax.permute_dims")(weight))
+    out_scale = is_const()
+    pattern = is_op("relax.multiply")(conv | matmul, out_scale)
+
+    def rewrite(expr, matches):
+        clip = matches[quantized]
+        low, high = _prim_int(clip.args[1]), _prim_int(clip.args[2])
+        if low is None or high is None:
+            return expr
+        if low >= 0 and high <= 255:
+            act_dtype = "uint8"
+        elif low >= -128 and high <= 127:
+            act_dtype = "int8"
+        else:
+            return expr  # not an 8-bit grid
+        weights = _const_array(matches[w_int])
+        if weights.dtype != np.int8:
+            return expr
+        s_x = float(_const_array(matches[x_scale]))
+        if abs(float(_const_array(matches[out_scale])) - s_x) > 1e-12 * max(1.0, abs(s_x)):
+            return expr  # the output is not rescaled by the same activation scale
+        s_w = _const_array(matches[w_scale]).astype(np.float64).reshape(-1)
+        act = relax.op.astype(clip, act_dtype)
+        if conv in matches:
+            call = matches[conv]
+            attrs = call.attrs
+            acc = relax.op.nn.conv2d(act, relax.const(weights), strides=attrs.strides, padding=attrs.padding,
+                                     dilation=attrs.dilation, groups=attrs.groups, data_layout=attrs.data_layout,
+                                     kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
+                                     out_dtype="int32")
+            axis_shape = [1, weights.shape[0], 1, 1] if str(attrs.out_layout) == "NCHW" else None
+            if axis_shape is None:
+                return expr
+        else:
+            acc = relax.op.matmul(act, relax.op.permute_dims(relax.const(weights), axes=[1, 0]), out_dtype="int32")
+            axis_shape = [weights.shape[0]]
+        combined = (s_x * s_w).astype(np.float32)
+        scale = combined.reshape(axis_shape) if combined.size > 1 else combined.reshape(())
+        return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale))
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgekitIntegerQuantizedOps")
+    def _pass(mod, _ctx):
+        updates = {}
+        for gv, func in mod.functions.items():
+            if isinstance(func, relax.Function):
+                updates[gv] = rewrite_call(pattern, rewrite, func)
+        for gv, func in updates.items():
+            mod[gv] = func
+        return mod
+
+    return _pass
+
+
+def _prim_int(expr):
+    value = getattr(expr, "value", None)
+    value = getattr(value, "value", value)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _const_array(const) -> np.ndarray:
+    value = getattr(const, "data", None)  # relax.Constant before 0.27
+    if value is None:
+        value = const.value  # 0.27: tvm.ir.GenericConst
+    return value.numpy()

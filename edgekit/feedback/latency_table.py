@@ -109,8 +109,10 @@ def conv_layers(model, input_shape) -> list[tuple[str, ConvSpec]]:
 
 def architecture_signature(model, input_shape) -> str:
     """Same value for two models with the same layers and shapes, whatever their weights."""
-    layers = [(name, type(mod).__name__, [list(p.shape) for p in mod.parameters(recurse=False)])
-              for name, mod in model.named_modules() if any(True for _ in mod.parameters(recurse=False))]
+    layers = [(name, type(mod).__name__, [[list(t.shape), str(t.dtype)] for t in
+                                          (*mod.parameters(recurse=False), *mod.buffers(recurse=False))])
+              for name, mod in model.named_modules()
+              if any(True for _ in mod.parameters(recurse=False)) or any(True for _ in mod.buffers(recurse=False))]
     return "model|" + _sha({"class": type(model).__qualname__, "input": list(input_shape), "layers": layers})[:24]
 
 
