@@ -151,3 +151,13 @@ def test_compile_and_run_json_for_build_scripts(capsys, pt2_file, tmp_path):
 def test_run_human_output(capsys, pt2_file, tmp_path):
     code, out, _ = run_cli(capsys, "run", "--model", str(pt2_file), "-o", str(tmp_path), "--repeats", "5")
     assert code == 0 and "outputs    match" in out and "median" in out
+
+
+def test_compile_dry_run_prints_the_resolved_plan_without_building(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "compile", "--model", "model.pt2", "--target", "rpi4", "--dry-run", "--json",
+                           "-o", str(tmp_path / "out"))
+    assert code == 0
+    resolved = json.loads(out)
+    assert json.loads(resolved["tvm_target"])["mcpu"] == "cortex-a72"
+    assert resolved["cross_compiler"] == "aarch64-linux-gnu-g++" and resolved["cross_compiler_found"]
+    assert not (tmp_path / "out").exists()

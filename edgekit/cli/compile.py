@@ -11,6 +11,7 @@ def register(subparsers) -> None:
     parser.add_argument("--target", default="host", help="target profile name or .toml path (default: host)")
     parser.add_argument("-o", "--out-dir", default=None, help="where artifacts go (default: ./edgekit-artifacts)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the same artifact exists")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved plan (target, toolchain) only")
     add_targets_dir_option(parser)
     add_json_option(parser)
     parser.set_defaults(func=run)
@@ -36,7 +37,39 @@ def compile_from_args(args, target):
                          frontend=args.frontend, force=getattr(args, "force", False), progress=progress)
 
 
+def plan(args) -> dict:
+    """What a compile would do, resolved but not run: for build scripts to check before a long build."""
+    import shutil
+
+    from edgekit.compile import DEFAULT_OUT_DIR
+    from edgekit.compile.build import resolve_tvm_target
+    from edgekit.compile.frontend import parse_input_shape
+    from edgekit.targets import load_target
+
+    profile = load_target(args.target, args.targets_dir)
+    compiler = profile.cross_compiler
+    return {
+        "model": args.model,
+        "input_shapes": [list(parse_input_shape(s)) for s in args.input_shape] if args.input_shape else None,
+        "frontend": args.frontend,
+        "target": profile.name,
+        "profile": str(profile.source),
+        "tvm_target": str(resolve_tvm_target(profile)),
+        "cross_compiler": compiler,
+        "cross_compiler_found": shutil.which(compiler) if compiler else None,
+        "out_dir": str(args.out_dir or DEFAULT_OUT_DIR),
+    }
+
+
 def run(args) -> int:
+    if args.dry_run:
+        resolved = plan(args)
+        if args.json:
+            emit_json(resolved)
+        else:
+            for key, value in resolved.items():
+                print(f"{key:<20} {value}")
+        return 0
     artifact = compile_from_args(args, args.target)
     if args.json:
         emit_json(artifact.to_dict())
