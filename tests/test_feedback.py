@@ -148,6 +148,7 @@ def test_impossible_budget_exits_5_with_the_closest_candidate(shared, tmp_path):
         assert Path(path).is_file()
 
 
+@pytest.mark.slow
 def test_search_avoids_a_slow_width_that_flops_would_choose(shared, tmp_path):
     """A device whose runner really sleeps in one kernel shape: the measured table steers around it."""
     from edgekit.compile import compile_model
@@ -280,3 +281,18 @@ def test_int8_is_chosen_per_layer_from_measured_latency_and_accuracy(shared):
     loose = choose_int8_layers(model, calibration_data=train_data, accuracy_fn=lambda m: evaluate(m, val),
                                measure_fn=by_layers, max_drop=1.0)
     assert set(loose["layers"].values()) == {"int8"} and loose["model"] is not None
+
+
+def test_size_budget_is_met_on_the_compiled_artifact(shared, tmp_path):
+    from edgekit.compile import compile_model
+    from edgekit.feedback import optimize_model
+
+    artifact = compile_model(shared["model"], "host", input_shapes=[(1, 1, 28, 28)], out_dir=shared["artifacts"])
+    budget = int(artifact.size_bytes * 0.97)  # the weights are a small part of the library: a few percent is a lot
+    result = optimize_model(shared["model"], shared["data"], size_budget_bytes=budget, run_dir=tmp_path / "run",
+                            cache_dir=shared["cache"], artifacts_dir=shared["artifacts"], width_step_ratio=0.25,
+                            step_ratio=0.02, **FAST)
+    assert result.met, result.message
+    assert result.chosen["size_bytes"] <= budget < result.baseline["size_bytes"]
+    assert all(s["resource"] == "size" for s in result.steps) and result.steps
+    assert result.budget["latency_ms"] is None and result.budget["size_bytes"] == budget

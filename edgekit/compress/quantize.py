@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
 
 from edgekit.errors import RecipeError
 
@@ -78,8 +77,15 @@ def fold_batchnorm(model):
     import torch.fx as fx
     import torch.nn as nn
 
+    from edgekit.errors import UnsupportedOperatorError
+
     model = copy.deepcopy(model).eval()
-    gm = fx.symbolic_trace(model)
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds here
+        raise UnsupportedOperatorError(
+            f"cannot trace {type(model).__name__} with torch.fx to fold BatchNorm: {type(exc).__name__}: {exc}",
+            hint="data-dependent Python control flow cannot be traced; move it out of forward()") from None
     modules = dict(model.named_modules())
     with torch.no_grad():
         for node in gm.graph.nodes:

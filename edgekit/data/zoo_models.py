@@ -7,7 +7,6 @@ of the channels then removes about three quarters of the MACs, and untuned TVM c
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

@@ -109,8 +109,8 @@ def plot(data: dict[str, Any], path: Path, *, extra_points: list[dict[str, Any]]
     front = pareto_front(cands)
     ax.plot([p["latency_ms"] for p in front], [p["val_accuracy"] for p in front], color="tab:blue", alpha=0.4,
             lw=1.5, label="Pareto front")
-    path_points = [c for c in cands if c.get("kind") == "baseline" or c.get("chosen")]
-    path_points.sort(key=lambda c: c["iteration"])
+    path_points = [c for c in cands if c.get("kind") in ("baseline", "final") or c.get("chosen")]
+    path_points.sort(key=lambda c: (c["iteration"], c.get("kind") == "final"))
     for a, b in zip(path_points, path_points[1:]):
         ax.annotate("", xy=(b["latency_ms"], b["val_accuracy"]), xytext=(a["latency_ms"], a["val_accuracy"]),
                     arrowprops={"arrowstyle": "->", "color": "tab:orange", "lw": 1.2})
