@@ -283,6 +283,7 @@ def test_int8_is_chosen_per_layer_from_measured_latency_and_accuracy(shared):
     assert set(loose["layers"].values()) == {"int8"} and loose["model"] is not None
 
 
+@pytest.mark.slow
 def test_size_budget_is_met_on_the_compiled_artifact(shared, tmp_path):
     from edgekit.compile import compile_model
     from edgekit.feedback import optimize_model

@@ -226,3 +226,17 @@ def test_unstructured_sparsity_zeroes_weights_but_keeps_shapes():
     assert abs(sparsity_ratio(sparse) - 0.6) < 0.01
     layer = sparsify_model(model, SparsifyConfig(sparsity=0.5, scope="layer"))
     assert abs(float((layer.fc.weight == 0).float().mean()) - 0.5) < 0.01
+
+
+def test_pruned_zoo_model_compiles_with_tvm_and_keeps_its_accuracy(tmp_path):
+    """The pruned model is an ordinary dense model: compile_model takes it, and its artifact agrees with torch."""
+    from edgekit.compile import compile_model
+    from edgekit.data import load_dataset, load_zoo_model
+    from edgekit.evaluate import evaluate
+
+    model = load_zoo_model("fmnist-resnet")
+    pruned = prune_model(model, PruneConfig(ratio=0.3)).model
+    test = load_dataset("fashion-mnist", "test", limit=200)
+    artifact = compile_model(pruned, "host", input_shapes=[(1, 1, 28, 28)], out_dir=tmp_path)
+    assert tuple(artifact.inputs[0].shape) == (1, 1, 28, 28)
+    assert abs(evaluate(artifact, test) - evaluate(pruned, test)) <= 0.005  # at most one borderline image

@@ -187,3 +187,17 @@ def test_shipped_example_recipes_parse():
     assert len(recipes) >= 3
     for path in recipes:
         assert load_recipe(path).steps
+
+
+def test_cli_dry_run_prints_the_resolved_plan_as_json(capsys):
+    from pathlib import Path
+
+    from edgekit.cli.main import main
+
+    recipe = Path(__file__).resolve().parent.parent / "tools" / "recipes" / "prune50-kd-int8.toml"
+    code = main(["compress", "--recipe", str(recipe), "--model", "fmnist-resnet", "-o", "unused", "--dry-run",
+                 "--json"])
+    assert code == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [s["kind"] for s in plan["steps"]] == ["prune", "distill", "quantize"]
+    assert plan["steps"][0]["ratio"] == 0.5 and plan["steps"][1]["temperature"] == 4.0

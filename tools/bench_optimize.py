@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         t0 = time.time()
         uniform_rows = []
         picked = None
-        for ratio in (0.25, 0.375, 0.5, 0.625, 0.75):
+        for ratio in (0.25, 0.3125, 0.375, 0.4375, 0.5, 0.625, 0.75):
             pruned = prune_model(model, PruneConfig(ratio=ratio), input_shape=shape).model
             stats, _ = measure(pruned)
             uniform_rows.append({"ratio": ratio, "median_ms": stats["median_ms"], "p90_ms": stats["p90_ms"]})

@@ -27,6 +27,7 @@ def register(subparsers) -> None:
                    help="measure accuracy on a seeded subset of this many test images (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for training (default: torch's)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout (logs on stderr)")
+    p.add_argument("--dry-run", action="store_true", help="validate the recipe, print the resolved plan and stop")
     p.set_defaults(func=run)
 
 
@@ -72,6 +73,18 @@ def run(args) -> int:
     if args.eval_limit is not None and args.eval_limit < 1:
         raise UsageError(f"--eval-limit must be >= 1, got {args.eval_limit}")
     recipe = load_recipe(args.recipe)  # fail on a bad recipe before loading torch models
+    if args.dry_run:
+        plan = {"model": args.model, "data": args.data, "out": args.out, "target": args.target,
+                **recipe.to_dict()}
+        if args.json:
+            print(json.dumps(plan, indent=2))
+        else:
+            _log(f"recipe {recipe.name!r} on {args.model} ({args.data}) -> {args.out}"
+                 + (f", compiled for {args.target}" if args.target else ""))
+            for i, step in enumerate(plan["steps"], 1):
+                opts = ", ".join(f"{k}={v}" for k, v in step.items() if k != "kind")
+                _log(f"  {i}. {step['kind']}: {opts}")
+        return 0
     model = load_model_arg(args.model)
     _log(f"compressing {args.model} with recipe {recipe.name!r}: {' -> '.join(recipe.kinds)}")
     result = compress_model(model, recipe, args.data, eval_limit=args.eval_limit, threads=args.threads,

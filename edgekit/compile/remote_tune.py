@@ -12,8 +12,8 @@ what this module does instead:
 - it starts its listener in a popen worker, which needs cloudpickle on the device: the
   device script below runs TVM's listen loop in its own process (numpy + TVM runtime only);
 - killing it left orphan session workers: the script watches its stdin and, when the SSH
-  channel closes (tuning ended, host crashed, link dropped), kills its whole process group;
-  ``timeout`` around it (RemoteHost.spawn) is the last resort;
+  channel closes (tuning ended, host crashed, link dropped), kills its session workers and
+  exits; ``timeout`` around it (RemoteHost.spawn) kills its process group as the last resort;
 - about half the trials failed on a missing ``tvm.contrib.random.random_fill_for_measure``
   (the device runtime lacks it): arguments are filled with numpy on the host and copied
   over instead (``alloc_with_numpy``);
@@ -70,18 +70,37 @@ sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 sock.bind(("127.0.0.1", 0))
 sock.listen(4)
 
+def children():
+    mine = str(os.getpid())
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    if f.read().rsplit(")", 1)[1].split()[1] == mine:
+                        found.append(int(entry))
+            except (OSError, IndexError):
+                pass
+    return found
+
 def watch_stdin():
+    # os.read, not sys.stdin: a thread blocked inside sys.stdin holds its lock, and the forked
+    # session worker (multiprocessing closes stdin in the child) would deadlock on it.
     try:
-        while sys.stdin.buffer.read(4096):
+        while os.read(0, 4096):
             pass
-    finally:  # EOF: the host closed the channel or the link is gone; take every session worker along
+    except OSError:
+        pass
+    # EOF: the host closed the channel or the link is gone; take the session workers along.
+    for pid in children():
         try:
-            os.killpg(os.getpgrp(), signal.SIGTERM)
-        finally:
-            os._exit(0)
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    os._exit(0)
 
 threading.Thread(target=watch_stdin, daemon=True).start()
-print(json.dumps({"ok": True, "port": sock.getsockname()[1], "pid": os.getpid(), "pgid": os.getpgrp(),
+print(json.dumps({"ok": True, "port": sock.getsockname()[1], "pid": os.getpid(),
                   "tvm": tvm.__version__, "facts": facts()}), flush=True)
 rpc_server._listen_loop(sock, sock.getsockname()[1], "", None, None, None)
 '''

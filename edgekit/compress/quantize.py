@@ -9,11 +9,11 @@ TVM 0.27's Relax torch frontend both handle (div, round, clamp, to, mul, conv2d/
     w   = w_int8.float() * s_w[c]                    # per output channel c
     y   = conv(x_q, w) * s_x + b
 
-i.e. fake-quantized inference that is numerically the int8 model: every weight and every
-input activation of a conv/linear takes one of 256 values.  TVM folds the weight
-dequantize into a float32 constant, so the compiled library runs fp32 kernels and is not
-smaller; the int8 file (``size_bytes`` of the state_dict) is.  Integer kernels are the
-job of the int8 lowering (a separate issue).
+i.e. inference that is numerically the int8 model: every weight and every input
+activation of a conv/linear takes one of 256 values, and torch runs it as is.
+compile_model recognises this chain and rewrites it into int8 x int8 -> int32 kernels
+(edgekit.compile.graph_passes.integer_quantized_ops); without that rewrite TVM would fold
+the weight dequantize into an fp32 constant and run float kernels with the same results.
 """
 
 from __future__ import annotations

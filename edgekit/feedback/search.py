@@ -216,7 +216,7 @@ def optimize_model(model=None, data="fashion-mnist", *, latency_budget_ms: float
                           "exit_code": getattr(exc, "exit_code", 130 if isinstance(exc, KeyboardInterrupt) else 1)}
         state.event("interrupted", error=type(exc).__name__)
         state.save()
-        if isinstance(exc, EdgekitError):
+        if isinstance(exc, EdgekitError) and not isinstance(exc, UsageError):
             exc.args = (f"{exc}\n  the search state is kept in {state.run_dir}; continue with "
                         f"`edgekit optimize --resume {state.run_dir}`",)
         raise
