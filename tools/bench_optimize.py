@@ -94,10 +94,12 @@ def main(argv=None) -> int:
         artifacts = work / "artifacts"
         device = make_device()
 
-        def measure(m, repeats=100):
+        def measure(m, repeats=50, rounds=3):
+            """As the search measures: separate rounds, the least-disturbed (lowest-median) one counts."""
             artifact = compile_model(m, "host", input_shapes=[shape], out_dir=artifacts)
-            report = device.measure(artifact, repeats=repeats, warmup=10)
-            return report.stats, artifact
+            reports = [device.measure(artifact, repeats=repeats, warmup=10) for _ in range(rounds)]
+            best = min(reports, key=lambda r: r.stats["median_ms"])
+            return {**best.stats, "round_medians_ms": [r.stats["median_ms"] for r in reports]}, artifact
 
         base_stats, base_artifact = measure(model)
         baseline_ms = base_stats["median_ms"]
@@ -154,12 +156,18 @@ def main(argv=None) -> int:
         final_artifact = compile_model(torch.load(result.model_path, weights_only=False).eval(), "host",
                                        input_shapes=[shape], out_dir=artifacts)
         trio = {"baseline": base_artifact, "optimize": final_artifact, "uniform": uniform_artifact}
-        rounds: dict[str, list[float]] = {k: [] for k in trio}
+        rounds: dict[str, list[list[float]]] = {k: [] for k in trio}
         for _ in range(5):
             for name, artifact in trio.items():
-                rounds[name] += device.measure(CompiledArtifact.open(artifact.path), repeats=40, warmup=5).samples_ms
-        interleaved = {k: {"median_ms": summarize(v)["median_ms"], "p90_ms": summarize(v)["p90_ms"],
-                           "samples": len(v)} for k, v in rounds.items()}
+                rounds[name].append(device.measure(CompiledArtifact.open(artifact.path), repeats=40,
+                                                   warmup=5).samples_ms)
+        interleaved = {}
+        for k, v in rounds.items():
+            pooled = summarize([x for r in v for x in r])
+            least = min((summarize(r) for r in v), key=lambda st: st["median_ms"])
+            interleaved[k] = {"median_ms": least["median_ms"], "p90_ms": least["p90_ms"],
+                              "pooled_median_ms": pooled["median_ms"], "pooled_p90_ms": pooled["p90_ms"],
+                              "round_medians_ms": [summarize(r)["median_ms"] for r in v]}
         print(f"interleaved: {interleaved}", file=sys.stderr)
     finally:
         if ssh is not None:
@@ -234,10 +242,13 @@ def _markdown(s) -> str:
         f"{measured_ratios}). "
         f"Both were distilled from the same teacher: {u['brief_distillations']} brief distillations "
         f"({s['options']['finetune_examples']} examples, 1 epoch each) then {u['final_epochs']} final epoch(s).", "",
-        "Measured again at the end, interleaved (5 rounds x 40 samples each, A B C A B C...), so that all three "
-        "see the same load on this shared machine:", "",
-        "| model | median (ms) | p90 (ms) |", "|---|---:|---:|",
-        *[f"| {k} | {v['median_ms']:.3f} | {v['p90_ms']:.3f} |" for k, v in s["interleaved"].items()], "",
+        "Every latency above is the least-disturbed of 3 rounds of 50 samples (lowest median), as the search "
+        "measures: other agents share this 2-core machine and can only add time.  Measured again at the end, "
+        "interleaved (5 rounds x 40 samples each, A B C A B C...), so that all three see the same load:", "",
+        "| model | median, least-disturbed round (ms) | p90 (ms) | median, all 200 samples pooled (ms) | "
+        "round medians (ms) |", "|---|---:|---:|---:|---|",
+        *[f"| {k} | {v['median_ms']:.3f} | {v['p90_ms']:.3f} | {v['pooled_median_ms']:.3f} | "
+          f"{', '.join(f'{x:.2f}' for x in v['round_medians_ms'])} |" for k, v in s["interleaved"].items()], "",
         f"Budget met (interleaved): {s['interleaved_optimize_meets_budget']}; uniform at the same or lower latency "
         f"(interleaved): {s['interleaved_uniform_same_or_lower_latency']}; optimize more accurate: "
         f"{s['optimize_more_accurate']}.", "",

@@ -33,6 +33,8 @@ def register(subparsers) -> None:
     where.add_argument("--transfer-timeout", type=float, default=600.0, metavar="S")
     where.add_argument("--retries", type=int, default=2)
     where.add_argument("--threads", type=int, default=1, help="threads the model runs with on the device")
+    where.add_argument("--measure-rounds", type=int, default=3,
+                       help="separate runs per measurement; the least-disturbed one counts (default 3)")
     where.add_argument("--proxy", action="store_true",
                        help="no device: latency PREDICTED from the cached latency table (development only)")
     search = parser.add_argument_group("search")
@@ -89,7 +91,7 @@ def run(args) -> int:
             finetune_epochs=args.finetune_epochs,
             finetune_examples=args.finetune_examples, final_epochs=args.final_epochs,
             val_examples=args.val_examples, test_examples=args.test_examples, max_iterations=args.max_iterations,
-            exclude=tuple(args.exclude), quantize=args.quantize, **common)
+            exclude=tuple(args.exclude), quantize=args.quantize, measure_rounds=args.measure_rounds, **common)
     if args.json:
         emit_json(result.to_dict())
     else:

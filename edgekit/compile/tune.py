@@ -37,6 +37,12 @@ from edgekit.errors import CompileError
 BUILD_TIMEOUT_S = 180.0
 RUN_TIMEOUT_S = 60.0
 DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+# The evolutionary search runs again before every batch; with MetaSchedule's defaults (512
+# candidates, 4 generations) it took about 65 s a batch on this 2-core machine under load, far more
+# than building and measuring the batch.  At edgekit's budgets (tens of trials per kernel)
+# measured trials buy more than a wider search.
+POPULATION = 128
+GENERATIONS = 2
 
 
 class TuningError(CompileError):
@@ -342,6 +348,10 @@ def _report(profile, fingerprint, db_path, database, extracted, tvm_target, requ
                         errors=errors[:5], remote=session.name if session else None)
 
 
+class _OutOfTime(Exception):
+    pass
+
+
 class _Monitor:
     """Progress lines, the time budget, and the first errors (MetaSchedule only logs them)."""
 
@@ -383,11 +393,10 @@ class _Monitor:
                  f"{self.names[task_id][:48]:48s} no valid candidate yet")
         if self.deadline is not None and time.monotonic() >= self.deadline and not self.out_of_time:
             self.out_of_time = True
-            self.say("  time budget reached: finishing")
-            # Terminating every task makes the scheduler's loop end after this batch.
-            for i, record in enumerate(scheduler.tasks_):
-                if not record.is_terminated:
-                    scheduler.terminate_task(i)
+            self.say("  time budget reached: stopping (every measured record is already in the database)")
+            # The scheduler has no "stop" call (terminating its tasks from here trips its own checks),
+            # so leave its loop by an exception; _run_search recognises it.
+            raise _OutOfTime()
 
 
 def _run_search(extracted, tvm_target, db_path, database, budget, per_iter, monitor, threads, session, profile):
@@ -402,8 +411,10 @@ def _run_search(extracted, tvm_target, db_path, database, budget, per_iter, moni
     with _worker_environment(threads), _quiet_metaschedule():
         import functools
 
+        strategy = ms.search_strategy.EvolutionarySearch(population_size=POPULATION, genetic_num_iters=GENERATIONS,
+                                                         init_min_unmeasured=32)
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            extracted, work_dir=str(log_dir), num_threads=_num_cores(tvm_target))
+            extracted, work_dir=str(log_dir), strategy=strategy, num_threads=_num_cores(tvm_target))
 
         compiler = profile.cross_compiler
         builder = ms.builder.LocalBuilder(
@@ -415,10 +426,15 @@ def _run_search(extracted, tvm_target, db_path, database, budget, per_iter, moni
                 number=5, repeat=3, min_repeat_ms=50, enable_cpu_cache_flush=False))
         callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _PyMeasureCallback(monitor.apply)]
         with _progress_lines(monitor):
-            ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(log_dir), max_trials_global=budget,
-                          max_trials_per_task=budget, num_trials_per_iter=per_iter, builder=builder,
-                          runner=runner, database=database, measure_callbacks=callbacks,
-                          task_scheduler="gradient", cost_model="xgb")
+            try:
+                ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(log_dir), max_trials_global=budget,
+                              max_trials_per_task=budget, num_trials_per_iter=per_iter, builder=builder,
+                              runner=runner, database=database, measure_callbacks=callbacks,
+                              task_scheduler="gradient", cost_model="xgb")
+            except Exception as exc:
+                if not monitor.out_of_time:  # _OutOfTime arrives wrapped by the FFI boundary
+                    raise
+                del exc
 
 
 def _import_cpu_tensor_intrinsics() -> None:
