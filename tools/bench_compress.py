@@ -35,7 +35,7 @@ def log(msg: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="fmnist-resnet", help="zoo model (default: %(default)s)")
-    ap.add_argument("--teacher", default="original",
+    ap.add_argument("--teacher", default="zoo:fmnist-resnet-teacher",
                     help="distillation teacher: 'original' (the unpruned model) or zoo:<name>")
     ap.add_argument("--distill-epochs", type=int, default=6, help="most distillation epochs after 50%% pruning")
     ap.add_argument("--distill-epochs-30", type=int, default=3, help="most distillation epochs after 30%% pruning")
@@ -263,8 +263,9 @@ def markdown(result) -> str:
               "- sparse50 zeroes half of the weights: same params, MACs and latency as the baseline, because "
               "dense kernels multiply the zeros too. Structured pruning is what buys latency.",
               f"- Distillation: {result['distill']}.",
-              f"- Whole run: {result['seconds']:.0f} s; load average at the end {result['machine']['loadavg_end']}.",
-              ""]
+              f"- Whole run: {result['seconds']:.0f} s; load average at the end {result['machine']['loadavg_end']}."]
+    lines += [f"- {note}" for note in result.get("extra_notes", [])]
+    lines.append("")
     return "\n".join(lines)
 
 

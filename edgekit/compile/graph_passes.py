@@ -10,8 +10,6 @@ input and output get a transpose at run time.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from edgekit.compile.tvm_env import import_tvm
@@ -22,9 +20,6 @@ CPU_CONV_LAYOUT = ("NHWC", "OHWI")
 
 def conv_layout(target) -> tuple[str, str] | None:
     """The conv2d layout edgekit compiles ``target`` with; None keeps the model's own (NCHW)."""
-    override = os.environ.get("EDGEKIT_CONV_LAYOUT")  # "NCHW" or "NHWC,OHWI": for measuring layouts
-    if override:
-        return None if override.upper() == "NCHW" else tuple(override.split(","))
     return CPU_CONV_LAYOUT if target.kind.name == "llvm" else None
 
 

@@ -23,7 +23,6 @@ what this module does instead:
 
 from __future__ import annotations
 
-import json
 import select
 import socket
 import threading
@@ -300,6 +299,3 @@ def alloc_with_numpy(session, device, args_info, alloc_repeat):
         repeated.append(args)
     return repeated
 
-
-def describe(info: dict) -> str:
-    return json.dumps(info.get("facts", {}), sort_keys=True)
