@@ -131,6 +131,7 @@ def test_latency_table_is_cached_and_detects_stale_entries(shared, tmp_path):
 
 # ---------------------------------------------------------------- the search
 
+@pytest.mark.slow
 def test_impossible_budget_exits_5_with_the_closest_candidate(shared, tmp_path):
     run_dir = tmp_path / "run"
     done = _cli(shared["model_path"], "--latency-budget-ms", "0.001", "--run-dir", run_dir, "--json",
@@ -297,3 +298,21 @@ def test_size_budget_is_met_on_the_compiled_artifact(shared, tmp_path):
     assert result.chosen["size_bytes"] <= budget < result.baseline["size_bytes"]
     assert all(s["resource"] == "size" for s in result.steps) and result.steps
     assert result.budget["latency_ms"] is None and result.budget["size_bytes"] == budget
+
+
+
+@pytest.mark.slow
+def test_without_kernel_timing_the_search_measures_whole_models(shared, tmp_path):
+    from edgekit.feedback import optimize_model
+    from edgekit.feedback.devices import no_kernel_timing_local_device
+
+    device = no_kernel_timing_local_device()
+    baseline_ms = _baseline_ms(shared, device)
+    result = optimize_model(shared["model"], shared["data"], latency_budget_ms=baseline_ms * 0.8, device=device,
+                            run_dir=tmp_path / "run", cache_dir=shared["cache"], artifacts_dir=shared["artifacts"],
+                            step_ratio=0.2, width_step_ratio=0.25, max_iterations=1,
+                            exclude=("stem.0", "layer1.conv1", "layer2.conv2"), **FAST)
+    assert result.table["mode"] == "whole"
+    proposals = [c for c in result.candidates if c["kind"] == "proposal"]
+    assert proposals and all(c["latency_source"].startswith("measured") for c in proposals)
+    assert result.steps and result.steps[0]["latency_ms"] < baseline_ms

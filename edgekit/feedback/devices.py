@@ -169,3 +169,11 @@ class SshDevice(Device):
     def describe(self):
         return {"kind": self.kind, "identity": self.identity, "host": self.host, "root": self.root,
                 "threads": self.threads}
+
+
+def no_kernel_timing_local_device(*, threads: int = 1) -> LocalDevice:
+    """This machine with a runner that gives no per-kernel timing (as an older runner on a board would)."""
+    from edgekit.feedback.slow_runner import NO_KERNELS_ENV
+
+    return LocalDevice(threads=threads, runner_path=SLOW_RUNNER_PATH, env={NO_KERNELS_ENV: "1"},
+                       identity="local-no-kernel-timing")

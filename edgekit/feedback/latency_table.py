@@ -33,6 +33,10 @@ from edgekit.errors import EdgekitError
 SCHEMA_VERSION = 1
 
 
+class KernelTimingUnavailable(EdgekitError):
+    """The device's runner gave no per-kernel timing: the search measures whole models instead."""
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("EDGEKIT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "edgekit")
     return Path(base).expanduser() / "latency"
@@ -233,6 +237,8 @@ class LatencyTable:
             probe, shapes = build_probe(part)
             artifact = compile_fn(probe, shapes)
             report = measure_fn(artifact, kernels=True)
+            if not report.kernels:
+                raise KernelTimingUnavailable("the device's runner reports no per-kernel timing")
             self.stats["probes"] += 1
             by_shape = {}
             for k in report.kernels:

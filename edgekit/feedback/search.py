@@ -314,6 +314,23 @@ class _Search:
 
     # -- helpers ------------------------------------------------------------------------------------------
 
+    @property
+    def mode(self) -> str:
+        """kernels (the latency table) or whole (every proposal measured whole: the device has no kernel timing)."""
+        return self.state.data.get("table_mode") or self.config.table_mode
+
+    def fill(self, specs) -> int | None:
+        """Measure the table's missing kernels; None (and whole-model mode from now on) without kernel timing."""
+        from edgekit.feedback.latency_table import KernelTimingUnavailable
+
+        try:
+            return self.table.fill(specs, compile_fn=self.compile, measure_fn=self.device_measure)
+        except KernelTimingUnavailable as exc:
+            self.state["table_mode"] = "whole"
+            self.state.save()
+            self.say(f"{exc}: measuring every proposal as a whole model instead (slower, same decisions)")
+            return None
+
     def emit(self, kind: str, **payload):
         self.on_event(kind, payload)
 
@@ -525,7 +542,8 @@ class _Search:
                 smallest = self.prune_to(smallest, group, widths[-1])
         layers = conv_layers(smallest, self.input_shape)
         if not self.proxy:
-            self.table.fill([spec for _, spec in layers], compile_fn=self.compile, measure_fn=self.device_measure)
+            if self.fill([spec for _, spec in layers]) is None:
+                return
         else:
             self._require_table(layers)
         predicted = self.table.conv_sum_ms(layers, c.metric) + residual
@@ -568,11 +586,11 @@ class _Search:
     def _layers(self, model):
         from edgekit.feedback.latency_table import conv_layers
 
-        if self.config.table_mode != "kernels":
+        if self.mode != "kernels":
             return None
         layers = conv_layers(model, self.input_shape)
-        if not self.proxy:
-            self.table.fill([spec for _, spec in layers], compile_fn=self.compile, measure_fn=self.device_measure)
+        if not self.proxy and self.fill([spec for _, spec in layers]) is None:
+            return None
         return layers
 
     def _conv_sum(self, layers) -> float:
@@ -610,7 +628,7 @@ class _Search:
         variants: dict[str, list[tuple[int, Any]]] = {}
         for g in groups:
             variants[g.name] = [(w, self.prune_to(model, g, w)) for w in self.widths_for(original[g.name], g.channels)]
-        if c.table_mode == "kernels":
+        if self.mode == "kernels":
             from edgekit.feedback.latency_table import conv_layers
 
             specs = [spec for vs in variants.values() for _, m in vs for _, spec in conv_layers(m, self.input_shape)]
@@ -618,7 +636,7 @@ class _Search:
             if self.proxy:
                 self._require_table([(None, s) for s in specs])
             else:
-                n = self.table.fill(specs, compile_fn=self.compile, measure_fn=self.device_measure)
+                n = self.fill(specs)
                 if n:
                     self.say(f"  latency table: measured {n} new kernel signature(s) on the device")
         proposals, fallback = [], []
@@ -693,7 +711,7 @@ class _Search:
         self.emit("step", **step)
 
     def predict(self, model, current, current_param_bytes: int) -> dict[str, Any]:
-        if self.config.table_mode == "whole":
+        if self.mode == "whole":
             measured = self.measure_model(model)
             return {**measured, "source": "measured (whole model)"}
         from edgekit.feedback.latency_table import conv_layers
@@ -797,7 +815,7 @@ class _Search:
 
     def _table_info(self):
         return {"path": str(self.table.path), "fingerprint": self.table.fingerprint, **self.table.stats,
-                "entries": len(self.table.entries), "mode": self.config.table_mode}
+                "entries": len(self.table.entries), "mode": self.mode}
 
 
 def _result_from_state(state, table=None) -> OptimizeResult:

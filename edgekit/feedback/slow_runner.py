@@ -22,6 +22,8 @@ import sys
 import time
 
 SLOW_ENV = "EDGEKIT_SLOW_KERNELS"
+# A runner without per-kernel timing (like an older edgekit on the board): --kernels is ignored.
+NO_KERNELS_ENV = "EDGEKIT_RUNNER_NO_KERNELS"
 RUNNER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy", "runner.py")
 
 
@@ -120,6 +122,12 @@ def main(argv):
     import runner  # edgekit/deploy/runner.py, imported as a plain script module
 
     install(slow_specs())
+    if os.environ.get(NO_KERNELS_ENV):
+        argv = list(argv)
+        if "--kernel-repeats" in argv:
+            i = argv.index("--kernel-repeats")
+            del argv[i:i + 2]
+        argv = [a for a in argv if a != "--kernels"]
     return runner.main(argv)
 
 
