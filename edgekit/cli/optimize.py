@@ -13,6 +13,8 @@ def register(subparsers) -> None:
                     "verification).  Exit code 5 when the budget cannot be met (the closest candidate is reported).")
     parser.add_argument("model", nargs="?", help="zoo:NAME, a .pt file of a whole nn.Module, or package.module:factory "
                                                  "(not needed with --resume)")
+    # Spelled like every other command too (`edgekit deploy --model ...`), so build scripts need not remember.
+    parser.add_argument("--model", dest="model_option", metavar="MODEL", help="the same as the positional MODEL")
     budget = parser.add_argument_group("budget")
     budget.add_argument("--latency-budget-ms", type=float, metavar="MS", help="latency the device must meet")
     budget.add_argument("--metric", choices=("median", "p90"), default="median",
@@ -76,6 +78,7 @@ def run(args) -> int:
     if args.resume:
         result = optimize_model(None, None, run_dir=args.resume, resume=True, **common)
     else:
+        args.model = args.model or args.model_option
         if not args.model:
             raise UsageError("give a MODEL (zoo:fmnist-resnet, model.pt, package.module:factory) or --resume DIR")
         connect = None
