@@ -12,6 +12,7 @@ contract (build scripts branch on them), so never renumber one.
     5 budget not met          13 artifact corrupt (sha256, manifest)
     6 target profile invalid  14 data set missing or empty
     7 toolchain missing       15 recipe invalid
+                              16 tuning produced no usable record
 
   device and deploy failures (DeviceError subclasses, edgekit.deploy):
     20 device unreachable (connection refused, no route, unknown name)

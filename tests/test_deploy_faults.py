@@ -170,7 +170,8 @@ def test_link_going_silent_mid_upload_times_out_instead_of_hanging(deployed, hos
     # The device only learns the link is gone when the proxy's sockets close (its sshd then ends the
     # session); the next deploy takes the lock and clears the partial upload.
     assert snapshot(device)["current"] == before["current"]
-    r = one(host_artifact, device.host_spec, connect=device.connect_kwargs(), measure=QUICK, lock_wait_s=10)
+    # How soon sshd reaps the dead session depends on the machine's load: wait for the lock generously.
+    r = one(host_artifact, device.host_spec, connect=device.connect_kwargs(), measure=QUICK, lock_wait_s=90)
     assert r.ok and r.bytes_uploaded == 0
     assert_intact(device, before)
 

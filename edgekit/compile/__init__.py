@@ -21,6 +21,8 @@ from edgekit.targets import TargetProfile, load_target
 
 DEFAULT_TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
 DEFAULT_OUT_DIR = Path("edgekit-artifacts")
+# Bump when the graph passes or lowering change the generated code, so that no stale artifact is reused.
+PIPELINE_VERSION = 2  # 2: int8 integer kernels, NHWC convolutions on CPU
 
 __all__ = ["compile_model", "DEFAULT_OUT_DIR"]
 
@@ -62,6 +64,7 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
         "cross_compiler": profile.cross_compiler,
         "tvm_version": tvm.__version__,
         "edgekit_version": __version__,
+        "pipeline_version": PIPELINE_VERSION,
         "recipe": recipe,
         "tolerance": tolerance,
         "reference_inputs": _hash_arrays(reference_inputs) if reference_inputs is not None else None,

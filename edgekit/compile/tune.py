@@ -47,6 +47,8 @@ GENERATIONS = 2
 class TuningError(CompileError):
     """Tuning ran but produced no usable record (every trial failed to build or to run)."""
 
+    exit_code = 16  # its own code: a build script may retry tuning but not a broken compile
+
 
 @dataclass
 class TaskReport:
