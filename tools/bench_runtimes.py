@@ -20,20 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def time_calls(fn, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - started) * 1000.0)
-    return samples
 
 
 def main() -> int:
@@ -50,7 +38,7 @@ def main() -> int:
 
     from edgekit.compile import compile_model
     from edgekit.data.zoo import load_zoo_model, zoo_entry
-    from edgekit.measure.stats import summarize
+    from edgekit.measure.stats import summarize, time_calls
     from edgekit.run import run_artifact
 
     torch.set_num_threads(args.threads)

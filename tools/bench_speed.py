@@ -45,17 +45,6 @@ def percentile(samples, q):
     return float(np.percentile(np.asarray(samples), q))
 
 
-def time_calls(fn, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - started) * 1000.0)
-    return samples
-
-
 class RandomCalibration:
     """Calibration data for the architecture models (no data set matches their inputs)."""
 
@@ -109,6 +98,7 @@ def bench_model(name, model, shape, args, out_dir: Path) -> dict:
     from edgekit.compile import compile_model
     from edgekit.compile.tune import tune_model
     from edgekit.compress.quantize import QuantizeConfig, quantize_model
+    from edgekit.measure.stats import time_calls
     from edgekit.run import run_artifact
 
     result = {"model": name, "input_shape": list(shape), "tuning": {}, "latency": {}, "notes": []}

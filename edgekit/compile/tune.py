@@ -129,7 +129,6 @@ def database_dir(target_name: str, fingerprint: str) -> Path:
 def open_database(path: Path):
     """MetaSchedule's JSON database in ``path`` (created when missing)."""
     import_tvm()
-    from tvm.s_tir import meta_schedule as ms
 
     path.mkdir(parents=True, exist_ok=True)
     try:

@@ -32,7 +32,6 @@ from edgekit.errors import (
     ArtifactError,
     DeviceBusyError,
     DeviceDiskFullError,
-    DeviceError,
     DeviceRuntimeError,
     EdgekitError,
     NothingToRollBackError,

@@ -30,3 +30,20 @@ def summarize(samples_ms: list[float]) -> dict[str, float]:
         "stdev_ms": stdev,
         "cv": stdev / mean if mean > 0 else 0.0,  # spread relative to the mean: how far to trust the median
     }
+
+
+def time_calls(fn, warmup: int, repeats: int) -> list[float]:
+    """Time ``fn()`` in this process: ``warmup`` untimed calls, then ``repeats`` samples in ms (all kept).
+
+    For host-side baselines (torch eager, ONNX Runtime) that benchmarks set beside edgekit's runner.
+    """
+    import time
+
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - started) * 1000.0)
+    return samples
