@@ -262,7 +262,7 @@ def _markdown(s) -> str:
     lines += ["", f"Search: {o['seconds']} s, {o['candidates_evaluated']} candidates; latency table: "
               f"{o['table'].get('entries')} entries, {o['table'].get('probes')} probe artifacts. Uniform: {u['seconds']} s. "
               f"Total {s['total_seconds']} s on a shared {s['cpu']}-core machine (load average "
-              f"{s['loadavg_at_end'][0]:.1f} at the end: other agents were running), torch and TVM on 1 thread.", "",
+              f"{s['loadavg_at_end'][0]:.1f} at the end), torch and TVM on 1 thread.", "",
               "![accuracy vs latency](bench_optimize.png)", ""]
     return "\n".join(lines)
 
