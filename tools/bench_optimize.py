@@ -213,8 +213,17 @@ def main(argv=None) -> int:
     os.replace(out / "pareto.png", out / "bench_optimize.png")
     os.replace(out / "report.json", out / "bench_optimize_search.json")
     os.replace(out / "report.md", out / "bench_optimize_search.md")
+    _name_files_relative_to_repo([out / f"bench_optimize{suffix}" for suffix in (".json", ".md", "_search.json",
+                                                                                 "_search.md")])
     print((out / "bench_optimize.md").read_text())
     return 0
+
+
+def _name_files_relative_to_repo(files) -> None:
+    """The results are committed: paths in them name files in the repository, not where this checkout lives."""
+    prefix = f"{REPO}{os.sep}"
+    for file in files:
+        file.write_text(file.read_text().replace(prefix, ""))
 
 
 def _widths(model, shape):
