@@ -44,7 +44,7 @@ def measure_latency(artifact: CompiledArtifact | str, host: str | None = None, *
     if host is None:
         from edgekit.run import run_artifact
 
-        return run_artifact(artifact, warmup=warmup, repeats=repeats, threads=threads, kernels=kernels)
+        return run_artifact(artifact, warmup=warmup, repeats=repeats, threads=threads)
     base = default_measure(artifact)
     options = MeasureOptions(
         warmup=base.warmup if warmup is None else warmup, repeats=base.repeats if repeats is None else repeats,
