@@ -3,33 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from edgekit.artifacts import CompiledArtifact, LatencyReport
 from edgekit.errors import ArtifactError, EdgekitError, OutputMismatchError, ToolchainError
+from edgekit.measure.stats import summarize
 
 RUNNER_PATH = Path(__file__).parent / "deploy" / "runner.py"
 # Exit codes of deploy/runner.py (it cannot import edgekit, so they are repeated here).
 RUNNER_EXIT_INTEGRITY, RUNNER_EXIT_NO_RUNTIME, RUNNER_EXIT_LOAD_FAILED = 20, 21, 22
 
 
-class RunnerFailedError(EdgekitError):
-    """The runner process crashed, failed or ran past its time limit (exit code 1, as any EdgekitError)."""
-
-
 def run_artifact(artifact: CompiledArtifact | str | Path, *, warmup: int | None = None, repeats: int | None = None,
-                 threads: int | None = None, check_outputs: bool = True, timeout_s: float = 600,
-                 kernels: bool = False, kernel_repeats: int = 10, runner_path: Path | None = None,
-                 env: dict[str, str] | None = None) -> LatencyReport:
+                 threads: int | None = None, check_outputs: bool = True, timeout_s: float = 600) -> LatencyReport:
     """Load ``artifact`` here, check its outputs against the reference and time it.
 
     Defaults come from the artifact's target profile.  Raises
     ``OutputMismatchError`` when ``check_outputs`` and the outputs differ.
-    ``kernels`` also times every fused kernel alone; ``runner_path`` and ``env``
-    swap in another runner (the feedback loop's deliberately slow test device).
     """
     if not isinstance(artifact, CompiledArtifact):
         artifact = CompiledArtifact.open(artifact)
@@ -38,29 +30,28 @@ def run_artifact(artifact: CompiledArtifact | str | Path, *, warmup: int | None 
             f"artifact {artifact.artifact_id} is built for '{artifact.target_name}' "
             f"({artifact.manifest['elf_machine']}, {artifact.manifest['target']['kind']}) and cannot run on this machine",
             hint="deploy it to a matching device with `edgekit deploy`")
-    from edgekit.measure.protocol import report_from_runner
-    from edgekit.targets import MeasureDefaults, load_target
+    from edgekit.targets import load_target
 
     defaults = _measure_defaults(load_target, artifact.target_name)
-    measure = MeasureDefaults(warmup=defaults.warmup if warmup is None else warmup,
-                              repeats=defaults.repeats if repeats is None else repeats,
-                              threads=defaults.threads if threads is None else threads)
-    command = [sys.executable, str(runner_path or RUNNER_PATH), str(artifact.path), "--warmup", str(measure.warmup),
-               "--repeats", str(measure.repeats), "--threads", str(measure.threads)]
-    if kernels:
-        command += ["--kernels", "--kernel-repeats", str(kernel_repeats)]
+    warmup = defaults.warmup if warmup is None else warmup
+    repeats = defaults.repeats if repeats is None else repeats
+    threads = defaults.threads if threads is None else threads
+    command = [sys.executable, str(RUNNER_PATH), str(artifact.path), "--warmup", str(warmup),
+               "--repeats", str(repeats), "--threads", str(threads)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
-                              env={**os.environ, **env} if env else None)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        raise RunnerFailedError(f"running {artifact.path} took longer than {timeout_s:.0f} s") from None
+        raise EdgekitError(f"running {artifact.path} took longer than {timeout_s:.0f} s") from None
     result = _parse(done)
     if done.returncode == RUNNER_EXIT_INTEGRITY:
         raise ArtifactError(f"artifact {artifact.path}: {result.get('message')}")
     if done.returncode != 0 or not result.get("ok"):
-        raise RunnerFailedError(f"runner failed on {artifact.path} (exit {done.returncode}): "
-                                f"{result.get('message') or done.stderr.strip()[-500:]}")
-    report = report_from_runner(result, measure)
+        raise EdgekitError(f"runner failed on {artifact.path} (exit {done.returncode}): "
+                           f"{result.get('message') or done.stderr.strip()[-500:]}")
+    report = LatencyReport(
+        artifact_id=result["artifact_id"], target=result["target"], device=result["device"],
+        threads=threads, warmup=warmup, samples_ms=result["samples_ms"], stats=summarize(result["samples_ms"]),
+        output_check=result["output_check"], emulated=False)
     if check_outputs and not report.output_check["passed"]:
         raise OutputMismatchError(
             f"artifact {artifact.artifact_id}: outputs differ from the reference by up to "

@@ -15,11 +15,14 @@ cache; the hardware/runtime fingerprint comes back with every report.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from edgekit.artifacts import CompiledArtifact, LatencyReport
-from edgekit.errors import DeviceError, EdgekitError
+from edgekit.errors import DeviceError, EdgekitError, OutputMismatchError
 
 SLOW_RUNNER_PATH = Path(__file__).with_name("slow_runner.py")
 
@@ -66,17 +69,35 @@ class LocalDevice(Device):
         self.identity = identity
 
     def measure(self, artifact, *, kernels=False, warmup=5, repeats=50, kernel_repeats=10):
-        from edgekit.run import RunnerFailedError, _runs_here, run_artifact
+        from edgekit.measure.stats import summarize
+        from edgekit.run import _runs_here
 
         if not _runs_here(artifact):
             raise EdgekitError(f"artifact {artifact.artifact_id} is built for '{artifact.target_name}' and cannot "
                                "run on this machine", hint="give --host for a device of that target")
+        argv = [sys.executable, str(self.runner_path), str(artifact.path), "--warmup", str(warmup),
+                "--repeats", str(repeats), "--threads", str(self.threads)]
+        if kernels:
+            argv += ["--kernels", "--kernel-repeats", str(kernel_repeats)]
+        env = {**os.environ, **self.env}
         try:
-            return run_artifact(artifact, warmup=warmup, repeats=repeats, threads=self.threads, kernels=kernels,
-                                kernel_repeats=kernel_repeats, runner_path=self.runner_path, env=self.env,
-                                timeout_s=self.timeout_s)
-        except RunnerFailedError as exc:  # to the search, the device failed: its state is kept for a resume
-            raise DeviceError(f"local {exc.message}") from None
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout_s, env=env)
+        except subprocess.TimeoutExpired:
+            raise DeviceError(f"local runner took longer than {self.timeout_s:.0f} s on {artifact.path}") from None
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        data = json.loads(lines[-1]) if lines else {}
+        if done.returncode != 0 or not data.get("ok"):
+            raise DeviceError(f"local runner failed on {artifact.path} (exit {done.returncode}): "
+                              f"{data.get('message') or done.stderr.strip()[-500:]}")
+        report = LatencyReport(
+            artifact_id=data["artifact_id"], target=data["target"], device=data["device"], threads=self.threads,
+            warmup=warmup, samples_ms=data["samples_ms"], stats=summarize(data["samples_ms"]),
+            output_check=data["output_check"], emulated=bool(data.get("emulated")),
+            kernels=list(data.get("kernels") or []))
+        if not report.output_check["passed"]:
+            raise OutputMismatchError(f"artifact {artifact.artifact_id}: outputs differ from the reference by up to "
+                                      f"{report.output_check['max_abs_error']:.3g}")
+        return report
 
     def describe(self):
         return {"kind": self.kind, "identity": self.identity, "runner": self.runner_path.name,
