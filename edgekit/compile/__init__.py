@@ -22,7 +22,7 @@ from edgekit.targets import TargetProfile, load_target
 DEFAULT_TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
 DEFAULT_OUT_DIR = Path("edgekit-artifacts")
 # Bump when the graph passes or lowering change the generated code, so that no stale artifact is reused.
-PIPELINE_VERSION = 2  # 2: int8 integer kernels, NHWC convolutions on CPU
+PIPELINE_VERSION = 3  # 2: int8 integer kernels, NHWC convolutions on CPU; 3: default CPU schedules
 
 __all__ = ["compile_model", "DEFAULT_OUT_DIR"]
 
@@ -89,13 +89,19 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
                 from edgekit.compile.tune import open_database
 
                 database = open_database(tuning_dir)
-            build_library(imported.mod, profile, work_dir / LIBRARY_NAME, tuning_database=database)
+            from edgekit.compile.schedules import ScheduleLog
+
+            schedule_log = ScheduleLog()
+            build_library(imported.mod, profile, work_dir / LIBRARY_NAME, tuning_database=database,
+                          schedule_log=schedule_log)
         inputs = reference_inputs if reference_inputs is not None else _seeded_inputs(imported.inputs)
         outputs = imported.reference(inputs)
         np.savez(work_dir / REFERENCE_NAME, **{f"in{i}": a for i, a in enumerate(inputs)},
                  **{f"out{i}": a for i, a in enumerate(outputs)})
         manifest = _manifest(artifact_id, profile, tvm_target, tvm.__version__, imported, outputs, work_dir,
                              recipe, tolerance)
+        if profile.kind == "cpu":
+            manifest["schedules"] = schedule_log.to_dict()
         if tuning_digest is not None:
             manifest["tuning"] = {"database": str(tuning_dir), "records_sha256": tuning_digest,
                                   "kernels_tuned": tuning_applied}

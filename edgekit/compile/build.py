@@ -96,27 +96,41 @@ def _cpu_pipeline_stages():
     return pipeline
 
 
-def tuned_pipeline(target, database):
-    """The default pipeline with the tuned schedules of ``database`` applied to the fused kernels."""
+def cpu_pipeline(target, *, database=None, schedule_log=None):
+    """TVM's CPU pipeline with schedules: tuning records first (where ``database`` has them),
+    then edgekit's default rules (edgekit.compile.schedules) for every other kernel.
+
+    ``schedule_log`` (a ScheduleLog) receives which rule scheduled each kernel, and which
+    kernels no rule took, for the compile report.
+    """
     tvm = import_tvm()
     from tvm import relax
 
-    @tvm.transform.module_pass(opt_level=0, name="EdgekitTunedPipeline")
+    from edgekit.compile.schedules import ApplySchedules
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgekitCpuPipeline")
     def _pipeline(mod, _ctx):
-        with target, database:
-            stages = _cpu_pipeline_stages()
-            seq = [*lowering_passes(target), relax.transform.MetaScheduleApplyDatabase(enable_warning=False),
-                   *stages.dataflow_lower_passes(target), *stages.finalize_passes(target)]
+        stages = _cpu_pipeline_stages()
+        with target:
+            seq = list(lowering_passes(target))
+            if database is not None:
+                with database:
+                    mod = tvm.transform.Sequential(
+                        [*seq, relax.transform.MetaScheduleApplyDatabase(enable_warning=False)])(mod)
+                seq = []
+            seq += [ApplySchedules(target, schedule_log), *stages.dataflow_lower_passes(target),
+                    *stages.finalize_passes(target)]
             return tvm.transform.Sequential(seq)(mod)
 
     return _pipeline
 
 
-def build_library(mod, profile: TargetProfile, library_path: Path, *, tuning_database=None):
+def build_library(mod, profile: TargetProfile, library_path: Path, *, tuning_database=None, schedule_log=None):
     """Compile ``mod`` for ``profile`` and write the shared library to ``library_path``.
 
     ``tuning_database`` (a MetaSchedule database, see edgekit.compile.tune) replaces the
-    default schedules of the kernels it has records for; the others stay as they are.
+    default schedules of the kernels it has records for; edgekit's rules schedule the
+    others (CPU targets).  ``schedule_log`` receives what scheduled each kernel.
     """
     tvm = import_tvm()
     from tvm import relax
@@ -130,8 +144,8 @@ def build_library(mod, profile: TargetProfile, library_path: Path, *, tuning_dat
         import tvm.support.nvcc  # noqa: F401  registers the compile callback
     try:
         with target:
-            pipeline = (tuned_pipeline(target, tuning_database) if tuning_database is not None
-                        else relax.get_default_pipeline(target))
+            pipeline = (cpu_pipeline(target, database=tuning_database, schedule_log=schedule_log)
+                        if target.kind.name == "llvm" else relax.get_default_pipeline(target))
             executable = tvm.compile(mod, target, relax_pipeline=pipeline)
     except Exception as exc:
         raise _explain_build_failure(exc, profile) from None

@@ -1,0 +1,65 @@
+"""The pass that applies edgekit's CPU schedule rules, and the log of what it did."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgekit.compile.tvm_env import import_tvm
+
+
+@dataclass
+class ScheduleLog:
+    """Which rule scheduled each kernel, which came from the tuning database, which no rule took."""
+
+    by_rule: dict[str, list[str]] = field(default_factory=dict)   # rule name -> kernel names
+    tuned: list[str] = field(default_factory=list)                # scheduled by tuning records
+    unscheduled: list[str] = field(default_factory=list)          # naive loops: named, never silent
+
+    def to_dict(self) -> dict:
+        return {"by_rule": {k: sorted(v) for k, v in sorted(self.by_rule.items())},
+                "tuned": sorted(self.tuned), "unscheduled": sorted(self.unscheduled)}
+
+
+def schedule_rules(target) -> list:
+    """The rules for ``target``, in the order they are tried."""
+    from edgekit.compile.schedules import conv, depthwise, elementwise, int8, matmul, reduction
+    from edgekit.compile.schedules.target_info import cpu_info
+
+    cpu = cpu_info(target)
+    return [*int8.rules(cpu), *depthwise.rules(cpu), *conv.rules(cpu), *matmul.rules(cpu), *reduction.rules(cpu),
+            *elementwise.rules(cpu)]
+
+
+def ApplySchedules(target, log: ScheduleLog | None = None):  # noqa: N802 (a pass, named like TVM's)
+    """A module pass: each PrimFunc not yet scheduled gets the first rule that accepts it."""
+    tvm = import_tvm()
+    from tvm import tirx
+
+    rules = schedule_rules(target)
+    log = log if log is not None else ScheduleLog()
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgekitApplySchedules")
+    def _apply(mod, _ctx):
+        updated = {}
+        for gvar, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc):
+                continue
+            name = gvar.name_hint
+            if func.attrs is not None and "tirx.is_scheduled" in func.attrs and func.attrs["tirx.is_scheduled"]:
+                log.tuned.append(name)
+                continue
+            for rule in rules:
+                sch = rule.apply(func, target, False)
+                if sch is None:
+                    continue
+                sch = sch[0] if isinstance(sch, list) else sch
+                updated[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                log.by_rule.setdefault(type(rule).__name__, []).append(name)
+                break
+            else:
+                log.unscheduled.append(name)
+        for gvar, func in updated.items():
+            mod[gvar] = func
+        return mod
+
+    return _apply
