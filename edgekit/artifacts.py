@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import ArtifactError
+from edgekit.measure.stats import summarize  # a leaf: statistics only, no stage imported
+from edgekit.targets import ELF_MACHINE_BY_ARCH, MeasureProtocol
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -89,6 +91,11 @@ class CompiledArtifact:
     @property
     def outputs(self) -> list[TensorSpec]:
         return [TensorSpec.from_dict(d) for d in self.manifest["outputs"]]
+
+    @property
+    def measure_protocol(self) -> MeasureProtocol:
+        """The protocol its target profile declared when it was compiled (defaults for older artifacts)."""
+        return MeasureProtocol.from_dict(self.manifest.get("measure") or {})
 
     @property
     def size_bytes(self) -> int:
@@ -164,6 +171,65 @@ class LatencyReport:
         }
 
     @classmethod
+    def from_runner(cls, *, exit_status: int, stdout: str, stderr: str, protocol: MeasureProtocol, where: str,
+                    command: str | None = None, artifact_id: str | None = None,
+                    device_extra: dict[str, Any] | None = None, check_outputs: bool = True) -> "LatencyReport":
+        """What the device runner (edgekit/onboard/runner.py) printed and returned -> a report, or its error.
+
+        The one reading of runner output, for this machine (``edgekit.run``) and for boards (deploy): each
+        runner exit maps to the same error wherever it ran.  ``where`` names the machine in messages
+        (the SSH host, or "local"); ``exit_status`` is 128 + N for a process killed by signal N, and -1
+        when the signal is unknown (SSH).  Raises ``OutputMismatchError`` when ``check_outputs`` and the
+        outputs differ from the host's reference.
+        """
+        from edgekit.errors import (ArchitectureMismatchError, DeviceRuntimeError, OutputMismatchError,
+                                    RemoteCommandError, RunnerCrashError, RunnerTimeoutError, UploadCorruptError)
+        from edgekit.onboard import runner
+
+        data = _last_json_line(stdout)
+        common = dict(host=where, command=command, exit_status=exit_status, stderr=stderr)
+        what = artifact_id or data.get("artifact_id") or "the artifact"
+        # the runner's own limit; "Timeout (" is faulthandler's backstop when the GIL was held; 124/137: `timeout`
+        if exit_status in (runner.EXIT_TIME_LIMIT, 124, 137) or (exit_status == 1 and "Timeout (" in stderr):
+            raise RunnerTimeoutError(f"runner exceeded its time limit of {protocol.time_limit_s:g} s and was stopped",
+                                     hint="the model hangs on this device or the limit is too short (--time-limit)",
+                                     **common)
+        if exit_status == -1 or exit_status >= 128:
+            signal = "a signal" if exit_status == -1 else f"signal {exit_status - 128}"
+            raise RunnerCrashError(f"runner crashed (killed by {signal}) while running {what}",
+                                   hint="the library crashes on this device; see the stack in stderr", **common)
+        if exit_status == runner.EXIT_NO_RUNTIME:
+            raise DeviceRuntimeError(f"TVM runtime cannot be imported on the device: {data.get('message')}",
+                                     hint="run `edgekit device setup`", **common)
+        if exit_status == runner.EXIT_LOAD_FAILED:
+            library, machine = data.get("library_elf_machine"), data.get("device_machine")
+            if library and machine and ELF_MACHINE_BY_ARCH.get(machine) != library:
+                raise ArchitectureMismatchError(f"library is {library}, the device is {machine}", **common)
+            raise DeviceRuntimeError(f"the device's TVM runtime could not load the library: {data.get('message')}",
+                                     **common)
+        if exit_status == runner.EXIT_INTEGRITY:
+            raise UploadCorruptError(f"artifact files changed on the device: {data.get('message')}", **common)
+        if exit_status != 0 or not data.get("ok"):
+            raise RemoteCommandError(f"runner failed: {data.get('message') or 'no report'}", **common)
+        samples = list(data.get("samples_ms") or [])
+        device = {**(data.get("device") or {}), **(device_extra or {})}
+        emulated = bool(data.get("emulated") or device.get("emulated"))
+        stats = summarize(samples) if samples else {}
+        if emulated:
+            stats = {**stats, "emulated": True}
+        report = cls(
+            artifact_id=data["artifact_id"], target=data["target"], device=device,
+            threads=int(data.get("threads", protocol.threads)), warmup=int(data.get("warmup", protocol.warmup)),
+            samples_ms=samples, stats=stats, output_check=data["output_check"], emulated=emulated,
+            kernels=list(data.get("kernels") or []))
+        check = report.output_check
+        if check_outputs and not check["passed"]:
+            raise OutputMismatchError(
+                f"{where}: outputs of {report.artifact_id} differ from the host reference by up to "
+                f"{check['max_abs_error']:.3g} (atol {check['atol']:g}, rtol {check['rtol']:g})")
+        return report
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LatencyReport":
         return cls(
             artifact_id=d["artifact_id"], target=d["target"], device=d["device"], threads=d["threads"],
@@ -171,3 +237,14 @@ class LatencyReport:
             output_check=dict(d["output_check"]), emulated=d.get("emulated", False),
             kernels=list(d.get("kernels", [])),
         )
+
+
+def _last_json_line(stdout: str) -> dict[str, Any]:
+    """The runner prints one JSON object last; anything before it (a library's chatter) is not ours."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                return {}
+    return {}

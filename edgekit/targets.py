@@ -1,9 +1,11 @@
 """Target profiles: everything about a kind of device, as data (targets/*.toml).
 
 A profile never holds an address or a credential; those come from ``--host``.
-Built-in profiles live in the repository's ``targets/`` directory; a user adds
-or overrides profiles with ``--targets-dir`` or ``EDGEKIT_TARGETS_DIR``
-(``os.pathsep``-separated, later directories win).
+Built-in profiles are the repository's ``targets/`` directory, shipped as the
+package data ``edgekit.builtin_targets`` (a symlink in the source tree, real files
+in a wheel) and read with importlib.resources; a user adds or overrides profiles
+with ``--targets-dir`` or ``EDGEKIT_TARGETS_DIR`` (``os.pathsep``-separated,
+later directories win).
 
 This module imports neither torch nor tvm, so ``edgekit targets list`` is fast.
 """
@@ -12,13 +14,13 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from edgekit.errors import TargetProfileError, UnknownTargetError
 
-BUILTIN_TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+BUILTIN_TARGETS_PACKAGE = "edgekit.builtin_targets"
 TARGETS_DIR_ENV = "EDGEKIT_TARGETS_DIR"
 
 KINDS = ("cpu", "cuda", "opencl")
@@ -38,11 +40,40 @@ class RuntimeRequirements:
 
 
 @dataclass(frozen=True, kw_only=True)
-class MeasureDefaults:
-    warmup: int = 10
-    repeats: int = 50
-    threads: int = 1
-    min_repeat_ms: float = 0.0
+class MeasureProtocol:
+    """How one latency measurement is taken, on this machine or on a board.
+
+    A profile's ``[measure]`` table sets the first four fields; compile writes them into the
+    artifact's manifest (``CompiledArtifact.measure_protocol`` reads them back, so a measurement
+    never looks the profile up again); flags and API arguments override them with ``with_overrides``.
+    """
+
+    warmup: int = 10  # untimed runs first
+    repeats: int = 50  # timed samples, every one kept
+    threads: int = 1  # TVM_NUM_THREADS on the device
+    min_repeat_ms: float = 0.0  # a sample repeats the model until it lasts this long (0: one run a sample)
+    kernels: bool = False  # also time every fused kernel alone
+    kernel_repeats: int = 10
+    time_limit_s: float = 300.0  # the runner stops itself after this long
+    check_only: bool = False  # check outputs, take no timing
+
+    # What a profile declares and a manifest stores; the rest is chosen per run.
+    PROFILE_FIELDS: ClassVar[tuple[str, ...]] = ("warmup", "repeats", "threads", "min_repeat_ms")
+
+    def with_overrides(self, **values) -> "MeasureProtocol":
+        """This protocol with every value that is not None replaced (None: keep what it says)."""
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def profile_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.PROFILE_FIELDS}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MeasureProtocol":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,7 +87,7 @@ class TargetProfile:
     cross_compiler: str | None = None  # C++ compiler that links the library; None = this machine's
     cuda_arch: str | None = None  # e.g. "sm_87", for kind == "cuda"
     runtime: RuntimeRequirements = field(default_factory=RuntimeRequirements)
-    measure: MeasureDefaults = field(default_factory=MeasureDefaults)
+    measure: MeasureProtocol = field(default_factory=MeasureProtocol)
     source: Path | None = None  # the file it was read from
 
     @property
@@ -88,19 +119,25 @@ class TargetProfile:
                 "cpu_features": list(self.runtime.cpu_features),
                 "notes": self.runtime.notes,
             },
-            "measure": {
-                "warmup": self.measure.warmup,
-                "repeats": self.measure.repeats,
-                "threads": self.measure.threads,
-                "min_repeat_ms": self.measure.min_repeat_ms,
-            },
+            "measure": self.measure.profile_dict(),
             "source": str(self.source) if self.source else None,
         }
 
 
+def builtin_profile_files() -> dict[str, Path]:
+    """The profiles shipped in the package, by name."""
+    from importlib.resources import files
+
+    found = {}
+    for entry in files(BUILTIN_TARGETS_PACKAGE).iterdir():
+        if entry.name.endswith(".toml") and entry.is_file():
+            found[entry.name[:-len(".toml")]] = Path(str(entry))  # installed as files: a wheel is unpacked
+    return dict(sorted(found.items()))
+
+
 def target_dirs(extra_dirs: list[Path | str] | None = None) -> list[Path]:
-    """Directories searched for profiles, lowest priority first."""
-    dirs = [BUILTIN_TARGETS_DIR]
+    """Directories searched for user profiles (after the built-in ones), lowest priority first."""
+    dirs = []
     env = os.environ.get(TARGETS_DIR_ENV)
     if env:
         dirs += [Path(p) for p in env.split(os.pathsep) if p]
@@ -109,7 +146,7 @@ def target_dirs(extra_dirs: list[Path | str] | None = None) -> list[Path]:
 
 
 def _profile_files(extra_dirs) -> dict[str, Path]:
-    files: dict[str, Path] = {}
+    files = builtin_profile_files()
     for directory in target_dirs(extra_dirs):
         if not directory.is_dir():
             continue
@@ -234,9 +271,9 @@ class _ProfileReader:
             notes=self.get(t, "notes", str, prefix="runtime.", required=False, default=""),
         )
 
-    def _measure(self, t: dict) -> MeasureDefaults:
-        self._no_unknown(t, "measure.", {"warmup", "repeats", "threads", "min_repeat_ms"})
-        defaults = MeasureDefaults()
+    def _measure(self, t: dict) -> MeasureProtocol:
+        self._no_unknown(t, "measure.", set(MeasureProtocol.PROFILE_FIELDS))
+        defaults = MeasureProtocol()
         values = {}
         for key in ("warmup", "repeats", "threads"):
             value = self.get(t, key, int, prefix="measure.", required=False, default=getattr(defaults, key))
@@ -246,7 +283,9 @@ class _ProfileReader:
             values[key] = value
         min_ms = self.get(t, "min_repeat_ms", (int, float), prefix="measure.", required=False,
                           default=defaults.min_repeat_ms)
-        return MeasureDefaults(min_repeat_ms=float(min_ms), **values)
+        if min_ms < 0:
+            self.fail("measure.min_repeat_ms", f"must be >= 0, got {min_ms}")
+        return MeasureProtocol(min_repeat_ms=float(min_ms), **values)
 
     def _no_unknown(self, table: dict, prefix: str, allowed: set[str]):
         unknown = sorted(set(table) - allowed)

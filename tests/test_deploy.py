@@ -11,12 +11,13 @@ from pathlib import Path
 
 
 from edgekit.cli.main import main
-from edgekit.deploy.deploy import DeviceEntry, MeasureOptions, deploy_model
+from edgekit.deploy.deploy import DeviceEntry, deploy_model
+from edgekit.targets import MeasureProtocol
 from edgekit.deploy.remote import RemoteHost
 from edgekit.testing.faults import build_faulty_artifact, variant_artifact
 from edgekit.testing.sshd import device_processes
 
-QUICK = MeasureOptions(warmup=2, repeats=10, time_limit_s=60)
+QUICK = MeasureProtocol(warmup=2, repeats=10, time_limit_s=60)
 
 
 def cli_args(device) -> list[str]:
@@ -83,7 +84,7 @@ def test_keep_n_prunes_old_versions_and_rollback_switches_back(device, host_arti
     assert s["current"] == variants[3].artifact_id and s["previous"] == variants[2].artifact_id
     assert s["versions"] == sorted([variants[2].artifact_id, variants[3].artifact_id])
     # variants share model.so: content addressing stores it once
-    assert len(s["blobs"]) <= 2 + 2 + 1  # model.so + reference.npz + runner.py + one manifest per version
+    assert len(s["blobs"]) <= 2 + 2 + 2  # model.so, reference.npz, runner.py, device_facts.py, a manifest each
 
     back = deploy_model(None, hosts=[device.host_spec], connect=device.connect_kwargs(), rollback=True).results[0]
     assert back.ok and back.rolled_back_to == variants[2].artifact_id
@@ -174,11 +175,11 @@ def test_inventory_file_names_the_devices(make_device, host_artifact, tmp_path, 
 
 
 def test_device_lock_refuses_a_second_edgekit_on_the_same_board(device, host_artifact):
-    from edgekit.deploy.deploy import _Session
+    from edgekit.deploy.deploy import DeviceSession
     from edgekit.errors import DeviceBusyError
 
     with RemoteHost(device.host_spec, **device.connect_kwargs()) as holder:
-        session = _Session(holder, "~/.edgekit", 1.0, 30.0)
+        session = DeviceSession(holder, "~/.edgekit", 1.0, 30.0)
         try:
             r = deploy_model(host_artifact, hosts=[device.host_spec], connect=device.connect_kwargs(),
                              measure=QUICK, lock_wait_s=0.5).results[0]
@@ -196,7 +197,7 @@ def test_runner_dies_when_the_client_goes_away(device, host_artifact, tmp_path):
 
     remote = RemoteHost(device.host_spec, **device.connect_kwargs())
     worker = threading.Thread(target=lambda: _swallow(deploy_to_host, hang, remote,
-                                                      measure=MeasureOptions(time_limit_s=600)), daemon=True)
+                                                      measure=MeasureProtocol(time_limit_s=600)), daemon=True)
     worker.start()
     deadline = time.monotonic() + 30
     while not any("runner.py" in p for p in device_processes(device)):
@@ -237,19 +238,19 @@ def test_measure_latency_on_a_device_returns_a_report(device, host_artifact):
 
 
 def test_agent_gives_the_lock_up_when_the_host_falls_silent_but_not_while_it_pings(device, monkeypatch):
-    from edgekit.deploy.deploy import _Session
+    from edgekit.deploy.deploy import DeviceSession
 
-    monkeypatch.setattr(_Session, "IDLE_S", 1.5)
-    monkeypatch.setattr(_Session, "HEARTBEAT_S", 0.3)
+    monkeypatch.setattr(DeviceSession, "IDLE_S", 1.5)
+    monkeypatch.setattr(DeviceSession, "HEARTBEAT_S", 0.3)
     with RemoteHost(device.host_spec, **device.connect_kwargs()) as remote:
-        alive = _Session(remote, "~/.edgekit", 1.0, 30.0)
+        alive = DeviceSession(remote, "~/.edgekit", 1.0, 30.0)
         time.sleep(3)
         assert alive.request("state")["ok"]  # heartbeats kept it
         alive.close()
-    monkeypatch.setattr(_Session, "HEARTBEAT_S", 3600.0)
+    monkeypatch.setattr(DeviceSession, "HEARTBEAT_S", 3600.0)
     with RemoteHost(device.host_spec, **device.connect_kwargs()) as silent_host:
-        silent = _Session(silent_host, "~/.edgekit", 1.0, 30.0)  # a host whose link went quiet
+        silent = DeviceSession(silent_host, "~/.edgekit", 1.0, 30.0)  # a host whose link went quiet
         time.sleep(3)
         with RemoteHost(device.host_spec, **device.connect_kwargs()) as other:
-            _Session(other, "~/.edgekit", 0.5, 30.0).close()  # the lock is free again
+            DeviceSession(other, "~/.edgekit", 0.5, 30.0).close()  # the lock is free again
         silent.close()

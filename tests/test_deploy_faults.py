@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from edgekit.deploy.deploy import MeasureOptions, deploy_model, deploy_to_host
+from edgekit.deploy.deploy import deploy_model, deploy_to_host
+from edgekit.targets import MeasureProtocol
 from edgekit.deploy.remote import RemoteHost
 from edgekit.errors import (
     ArchitectureMismatchError,
@@ -32,7 +33,7 @@ from edgekit.errors import (
 from edgekit.testing.faults import FaultProxy, build_faulty_artifact, flip_byte_after_put, tmpfs_root, variant_artifact
 from edgekit.testing.sshd import device_processes, keygen
 
-QUICK = MeasureOptions(warmup=1, repeats=3, time_limit_s=60)
+QUICK = MeasureProtocol(warmup=1, repeats=3, time_limit_s=60)
 
 
 def snapshot(device) -> dict:
@@ -229,7 +230,7 @@ def test_runner_hang_is_stopped_by_its_time_limit(deployed, host_artifact, tmp_p
     hang = build_faulty_artifact(host_artifact, tmp_path, "hang")
     started = time.monotonic()
     r = one(hang, device.host_spec, connect=device.connect_kwargs(),
-            measure=MeasureOptions(warmup=1, repeats=3, time_limit_s=3))
+            measure=MeasureProtocol(warmup=1, repeats=3, time_limit_s=3))
     assert isinstance(r.exception, RunnerTimeoutError) and r.exit_code == 28
     assert "time limit of 3 s" in r.error
     assert time.monotonic() - started < 20

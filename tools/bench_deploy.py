@@ -43,14 +43,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("EDGEKIT_CACHE", "/var/cache/edgekit-test")
 
-    from edgekit.deploy.deploy import MeasureOptions, deploy_model
+    from edgekit.deploy.deploy import deploy_model
+    from edgekit.targets import MeasureProtocol
     from edgekit.testing.sshd import create_device, local_runtime_site
 
     work = Path(tempfile.mkdtemp(prefix="edgekit-bench-"))
     artifact = build_artifact(work)
     device = create_device(env={"PYTHONPATH": str(local_runtime_site())})
     connect = device.connect_kwargs()
-    check_only = MeasureOptions(check_only=True, time_limit_s=120)
+    check_only = MeasureProtocol(check_only=True, time_limit_s=120)
     rows = {"fresh": [], "unchanged": []}
     try:
         for rep in range(args.reps):
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
         measurements = []
         for _ in range(args.measure_runs):
             r = deploy_model(artifact, hosts=[device.host_spec], connect=connect,
-                             measure=MeasureOptions(warmup=10, repeats=args.repeats, threads=1)).results[0]
+                             measure=MeasureProtocol(warmup=10, repeats=args.repeats, threads=1)).results[0]
             measurements.append({"median_ms": r.report.stats["median_ms"], "cv": r.report.stats["cv"],
                                  "p90_ms": r.report.stats["p90_ms"], "samples": len(r.report.samples_ms)})
     finally:

@@ -74,9 +74,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from dataclasses import replace
-
-    from edgekit.deploy.deploy import default_measure, deploy_model, resolve_artifact
+    from edgekit.deploy.deploy import deploy_model, open_artifact
     from edgekit.errors import UsageError
 
     if not args.host and not args.inventory:
@@ -93,16 +91,15 @@ def run(args) -> int:
 
             artifact = compile_from_args(args, args.target)
         elif args.artifact:
-            artifact = resolve_artifact(Path(args.artifact), None)
+            artifact = open_artifact(Path(args.artifact))
         else:
             raise UsageError("give --model, --artifact or --rollback")
         if args.target and artifact.target_name != args.target and not args.target.endswith(".toml"):
             raise UsageError(f"artifact {artifact.artifact_id} is compiled for '{artifact.target_name}', "
                              f"not '{args.target}'")
-        base = default_measure(artifact, run=not args.no_run)
-        measure = replace(base, kernels=args.kernels, time_limit_s=args.time_limit,
-                          **{k: v for k, v in (("warmup", args.warmup), ("repeats", args.repeats),
-                                               ("threads", args.threads)) if v is not None})
+        measure = artifact.measure_protocol.with_overrides(
+            warmup=args.warmup, repeats=args.repeats, threads=args.threads, kernels=args.kernels,
+            time_limit_s=args.time_limit, check_only=args.no_run)
     fleet = deploy_model(artifact, hosts=args.host, inventory=args.inventory, measure=measure, root=args.root,
                          keep=args.keep, max_workers=args.jobs, lock_wait_s=args.lock_wait,
                          rollback=args.rollback, connect=connect_kwargs(args), log=info)

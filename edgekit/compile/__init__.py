@@ -180,6 +180,8 @@ def _manifest(artifact_id, profile, tvm_target, tvm_version, imported, outputs, 
         "inputs": [s.to_dict() for s in imported.inputs],
         "outputs": [s.to_dict() for s in output_specs],
         "tolerance": tolerance,
+        # how to measure it, as its profile says: read back at measure time, never looked up again by name
+        "measure": profile.measure.profile_dict(),
         "recipe": recipe,
         "model": {"source": imported.source, "frontend": imported.frontend, "sha256": imported.content_sha256},
         "edgekit_version": __version__,

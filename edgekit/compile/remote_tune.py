@@ -29,80 +29,15 @@ import threading
 from typing import Any
 
 from edgekit.errors import DeviceRuntimeError, RemoteCommandError
+from edgekit.onboard import inline_source
 
 SESSION_TIMEOUT_S = 120
 SERVER_TIME_LIMIT_S = 6 * 3600  # the device kills the server by itself after this, whatever happens
 DEVICE_ROOT = "~/.edgekit"
 
 # Runs ON the device: python3 -c DEVICE_SERVER <runtime site-packages> <work dir>.  No edgekit imports.
-DEVICE_SERVER = r'''
-import json, os, platform, signal, socket, sys, threading
-site = os.path.expanduser(sys.argv[1])
-if os.path.isdir(site):
-    sys.path.insert(0, site)
-sys.modules.setdefault("torch", None)
-os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+DEVICE_SERVER = inline_source("rpc_server")  # edgekit/onboard/rpc_server.py, with its helper inlined
 
-def facts():
-    model = ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.lower().startswith(("model name", "cpu model", "hardware")):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"machine": platform.machine(), "cpu_model": model, "cpu_count": os.cpu_count(),
-            "python": platform.python_version()}
-
-try:
-    import tvm
-    from tvm.rpc import server as rpc_server
-except Exception as exc:
-    print(json.dumps({"ok": False, "error": "%s: %s" % (type(exc).__name__, exc), "facts": facts()}), flush=True)
-    sys.exit(31)
-work = os.path.expanduser(sys.argv[2])
-os.makedirs(work, exist_ok=True)
-os.chdir(work)
-sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-sock.bind(("127.0.0.1", 0))
-sock.listen(4)
-
-def children():
-    mine = str(os.getpid())
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open("/proc/%s/stat" % entry) as f:
-                    if f.read().rsplit(")", 1)[1].split()[1] == mine:
-                        found.append(int(entry))
-            except (OSError, IndexError):
-                pass
-    return found
-
-def watch_stdin():
-    # os.read, not sys.stdin: a thread blocked inside sys.stdin holds its lock, and the forked
-    # session worker (multiprocessing closes stdin in the child) would deadlock on it.
-    try:
-        while os.read(0, 4096):
-            pass
-    except OSError:
-        pass
-    # EOF: the host closed the channel or the link is gone; take the session workers along.
-    for pid in children():
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    os._exit(0)
-
-threading.Thread(target=watch_stdin, daemon=True).start()
-print(json.dumps({"ok": True, "port": sock.getsockname()[1], "pid": os.getpid(),
-                  "tvm": tvm.__version__, "facts": facts()}), flush=True)
-rpc_server._listen_loop(sock, sock.getsockname()[1], "", None, None, None)
-'''
 
 
 class PortForward:
@@ -223,7 +158,7 @@ class RemoteTuningSession:
                                          hint=f"run `edgekit device setup --host {remote.name} --target "
                                               f"{profile.name}` first")
             _check_machine(remote, profile, info.get("facts", {}))
-            forward = PortForward(remote._transport(), "127.0.0.1", int(info["port"]))
+            forward = PortForward(remote.forwarding_transport(), "127.0.0.1", int(info["port"]))
             log(f"RPC server on {remote.name} (pid {info.get('pid')}, TVM {info.get('tvm')}) listens on its "
                 f"127.0.0.1:{info['port']}; tunnel from 127.0.0.1:{forward.port} over SSH")
             return cls(remote, owned, process, info, forward, profile)

@@ -9,13 +9,13 @@ from edgekit.deploy.deploy import (
     DeviceEntry,
     DeviceResult,
     FleetResult,
-    MeasureOptions,
     deploy_model,
     deploy_to_host,
     read_inventory,
     rollback_host,
 )
 from edgekit.deploy.remote import RemoteHost
+from edgekit.targets import MeasureProtocol  # the protocol deploy_model(measure=...) takes
 
-__all__ = ["RemoteHost", "DeviceEntry", "DeviceResult", "FleetResult", "MeasureOptions", "deploy_model",
+__all__ = ["RemoteHost", "MeasureProtocol", "DeviceEntry", "DeviceResult", "FleetResult", "deploy_model",
            "deploy_to_host", "read_inventory", "rollback_host", "check_device", "setup_device"]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.deploy.deploy import DEFAULT_ROOT, DEVICE_ENV, _Session, probe_device, runtime_problems
+from edgekit.deploy.deploy import DEFAULT_ROOT, DEVICE_ENV, DeviceSession, probe_device, runtime_problems
 from edgekit.deploy.remote import RemoteHost
 from edgekit.errors import DeviceRuntimeError, RemoteCommandError, ToolchainError, UploadCorruptError
 
@@ -257,7 +257,7 @@ def setup_device(remote: RemoteHost, target, *, root: str = DEFAULT_ROOT, method
         bundle = runtime_bundle(facts["machine"], facts["python"], wheels_dir=wheels_dir, cache=cache)
         digest = hashlib.sha256(bundle.read_bytes()).hexdigest()
         log(f"{remote.name}: uploading runtime bundle {bundle.name} ({bundle.stat().st_size >> 20} MiB)")
-        session = _Session(remote, root, 30.0, request_timeout_s=600.0)
+        session = DeviceSession(remote, root, 30.0, request_timeout_s=600.0)
         try:
             part = f"runtime-{digest[:16]}.tar.gz.part"
             remote.put(bundle, f"{session.state['tmp']}/{part}", timeout_s=1800)

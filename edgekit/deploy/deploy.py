@@ -11,6 +11,9 @@ A failure at any step discards what this deploy created and leaves ``current`` a
 
 Several devices (``deploy_model``): a bounded thread pool, one result per device; a dead board is
 reported and does not stop the others.
+
+Deploy takes a compiled artifact: compiling first is the caller's composition (the CLI, or
+``compile_model`` then ``deploy_model``), so this stage imports neither compile nor measure.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from edgekit.artifacts import MANIFEST_NAME, CompiledArtifact, LatencyReport, sha256_file
+from edgekit.deploy.remote import RemoteHost
 from edgekit.errors import (
     ArchitectureMismatchError,
     ArtifactError,
@@ -38,34 +42,22 @@ from edgekit.errors import (
     OutputMismatchError,
     PartialFleetError,
     RemoteCommandError,
-    RunnerCrashError,
-    RunnerTimeoutError,
     UploadCorruptError,
     UsageError,
 )
-from edgekit.deploy.remote import RemoteHost
+from edgekit.onboard import RUNNER_PATH, UPLOADED_WITH_RUNNER, inline_source, runner_options
+from edgekit.targets import ELF_MACHINE_BY_ARCH, MeasureProtocol
 
-AGENT_PATH = Path(__file__).with_name("agent.py")
-RUNNER_PATH = Path(__file__).with_name("runner.py")
 DEFAULT_ROOT = "~/.edgekit"
 DEFAULT_KEEP = 3
-RUNNER_NAME = "runner.py"
-# Runner exit codes (deploy/runner.py cannot import edgekit).
-RUNNER_INTEGRITY, RUNNER_NO_RUNTIME, RUNNER_LOAD_FAILED, RUNNER_TIME_LIMIT, RUNNER_CLIENT_GONE = 20, 21, 22, 23, 24
+RUNNER_NAME = RUNNER_PATH.name
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 # Device-side Python runs with the runtime-only TVM library: faster import, no compiler needed.
 DEVICE_ENV = {"TVM_USE_RUNTIME_LIB": "1"}
 
 
-@dataclass(frozen=True, kw_only=True)
-class MeasureOptions:
-    warmup: int = 10
-    repeats: int = 50
-    threads: int = 1
-    kernels: bool = False
-    kernel_repeats: int = 10
-    time_limit_s: float = 300.0
-    check_only: bool = False
+# deploy_to_host's default: measure as the artifact's manifest says.
+AS_THE_ARTIFACT_SAYS = "as the artifact says"
 
 
 @dataclass(kw_only=True)
@@ -200,14 +192,15 @@ def _payload(artifact: CompiledArtifact) -> _Payload:
             raise ArtifactError(f"artifact {artifact.path}: file entry {name!r} is not a plain file name with a sha256")
         files[name] = digest
         local[digest] = artifact.path / name
-    runner_digest = sha256_file(RUNNER_PATH)
-    files[RUNNER_NAME] = runner_digest
-    local[runner_digest] = RUNNER_PATH
+    for program in UPLOADED_WITH_RUNNER:  # the runner and the helper it imports, beside the artifact
+        digest = sha256_file(program)
+        files[program.name] = digest
+        local[digest] = program
     return _Payload(artifact, files, local)
 
 
 def _agent_argv(mode: str, root: str, *extra: str) -> list[str]:
-    return ["python3", "-c", AGENT_PATH.read_text(), mode, root, *extra]
+    return ["python3", "-c", inline_source("agent"), mode, root, *extra]
 
 
 def probe_device(remote: RemoteHost, root: str = DEFAULT_ROOT) -> dict[str, Any]:
@@ -225,8 +218,6 @@ def probe_device(remote: RemoteHost, root: str = DEFAULT_ROOT) -> dict[str, Any]
 
 def check_compatibility(facts: dict[str, Any], artifact: CompiledArtifact, host: str) -> None:
     """Refuse before uploading anything what cannot run: arch, runtime presence and version."""
-    from edgekit.targets import ELF_MACHINE_BY_ARCH
-
     want = artifact.manifest.get("elf_machine")
     have = ELF_MACHINE_BY_ARCH.get(facts.get("machine"), facts.get("machine"))
     if want and have != want:
@@ -263,8 +254,8 @@ def _major_minor(version: str) -> str:
 
 # -- one device -------------------------------------------------------------------------------------------------
 
-class _Session:
-    """The device agent holding the lock; requests go over its stdin."""
+class DeviceSession:
+    """The device agent holding the device's lock; requests go over its stdin (deploy, rollback, setup)."""
 
     IDLE_S = 120.0  # the agent gives the lock up after this long without a word from us
     HEARTBEAT_S = 15.0
@@ -325,11 +316,16 @@ def _connect(entry: DeviceEntry | str, connect: dict) -> RemoteHost:
 
 
 def deploy_to_host(artifact: CompiledArtifact, remote: RemoteHost, *, root: str = DEFAULT_ROOT,
-                   keep: int = DEFAULT_KEEP, measure: MeasureOptions | None = MeasureOptions(),
+                   keep: int = DEFAULT_KEEP, measure: MeasureProtocol | None | str = AS_THE_ARTIFACT_SAYS,
                    lock_wait_s: float = 30.0, emulated: bool = False,
                    log: Callable[[str], None] | None = None) -> DeviceResult:
-    """Deploy (and run/measure) one artifact on one device; raise a ``DeviceError`` subclass on failure."""
+    """Deploy (and run/measure) one artifact on one device; raise a ``DeviceError`` subclass on failure.
+
+    ``measure``: the protocol to run it with (default: the artifact's); None uploads and switches only.
+    """
     say = log or (lambda msg: None)
+    if measure == AS_THE_ARTIFACT_SAYS:
+        measure = artifact.measure_protocol
     result = DeviceResult(host=remote.name, artifact_id=artifact.artifact_id)
     payload = _payload(artifact)
     clock = time.monotonic()
@@ -342,7 +338,7 @@ def deploy_to_host(artifact: CompiledArtifact, remote: RemoteHost, *, root: str 
 
     remote.connect()
     lap("connect")
-    session = _Session(remote, root, lock_wait_s, request_timeout_s=max(60.0, remote.command_timeout_s))
+    session = DeviceSession(remote, root, lock_wait_s, request_timeout_s=max(60.0, remote.command_timeout_s))
     created = False
     uploaded_parts: dict[str, str] = {}
     try:
@@ -404,7 +400,7 @@ def deploy_to_host(artifact: CompiledArtifact, remote: RemoteHost, *, root: str 
         session.close()
 
 
-def _cleanup(session: _Session, remote: RemoteHost, root: str, lock_wait_s: float, *, version: str | None) -> None:
+def _cleanup(session: DeviceSession, remote: RemoteHost, root: str, lock_wait_s: float, *, version: str | None) -> None:
     """Leave the device as it was: discard what this deploy created, empty tmp/ (reconnecting if need be)."""
     try:
         if version:
@@ -417,7 +413,7 @@ def _cleanup(session: _Session, remote: RemoteHost, root: str, lock_wait_s: floa
     try:  # the link died: one short try over a fresh connection
         remote.close()
         remote.retries = 0
-        fresh = _Session(remote, root, min(lock_wait_s, 10.0), request_timeout_s=30.0)
+        fresh = DeviceSession(remote, root, min(lock_wait_s, 10.0), request_timeout_s=30.0)
         try:
             if version:
                 fresh.request("discard", version=version)
@@ -427,70 +423,32 @@ def _cleanup(session: _Session, remote: RemoteHost, root: str, lock_wait_s: floa
         pass
 
 
-def _runner_argv(root: str, version_dir: str, measure: MeasureOptions, emulated: bool) -> list[str]:
-    argv = ["python3", f"{version_dir}/{RUNNER_NAME}", version_dir, "--warmup", str(measure.warmup),
-            "--repeats", str(measure.repeats), "--threads", str(measure.threads),
-            "--time-limit", str(measure.time_limit_s), "--watch-stdin", "--site", f"{root}/runtime/site-packages"]
-    if measure.check_only:
-        argv.append("--check-only")
-    if measure.kernels:
-        argv += ["--kernels", "--kernel-repeats", str(measure.kernel_repeats)]
+def _runner_argv(root: str, version_dir: str, measure: MeasureProtocol, emulated: bool) -> list[str]:
+    argv = ["python3", f"{version_dir}/{RUNNER_NAME}", version_dir, *runner_options(measure), "--watch-stdin",
+            "--site", f"{root}/runtime/site-packages"]
     if emulated:
         argv.append("--emulated")
     return argv
 
 
 def _run_runner(remote: RemoteHost, root: str, version_dir: str, artifact: CompiledArtifact,
-                measure: MeasureOptions, facts: dict) -> LatencyReport:
-    from edgekit.measure.protocol import report_from_runner
-
+                measure: MeasureProtocol, facts: dict) -> LatencyReport:
     argv = _runner_argv(root, version_dir, measure, bool(facts.get("emulated")))
     result = remote.run(argv, timeout_s=measure.time_limit_s + 10, check=False, keep_stdin_open=True,
                         env=DEVICE_ENV)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    data = json.loads(lines[-1]) if lines else {}
-    status = result.exit_status
-    command = result.command
-    common = dict(host=remote.name, command=command, exit_status=status, stderr=result.stderr)
-    # 23: the runner's own limit; "Timeout (" is faulthandler's backstop when the GIL was held; 124/137: `timeout`
-    if status in (RUNNER_TIME_LIMIT, 124, 137) or (status == 1 and "Timeout (" in result.stderr):
-        raise RunnerTimeoutError(f"runner exceeded its time limit of {measure.time_limit_s:g} s and was stopped",
-                                 hint="the model hangs on this device or the limit is too short (--time-limit)",
-                                 **common)
-    if status == -1 or status >= 128:
-        signal = "a signal" if status == -1 else f"signal {status - 128}"
-        raise RunnerCrashError(f"runner crashed (killed by {signal}) while running {artifact.artifact_id}",
-                               hint="the library crashes on this device; see the stack in stderr", **common)
-    if status == RUNNER_NO_RUNTIME:
-        raise DeviceRuntimeError(f"TVM runtime cannot be imported on the device: {data.get('message')}",
-                                 hint="run `edgekit device setup`", **common)
-    if status == RUNNER_LOAD_FAILED:
-        if data.get("library_elf_machine") and data.get("device_machine"):
-            from edgekit.targets import ELF_MACHINE_BY_ARCH
-
-            if ELF_MACHINE_BY_ARCH.get(data["device_machine"]) != data["library_elf_machine"]:
-                raise ArchitectureMismatchError(
-                    f"library is {data['library_elf_machine']}, the device is {data['device_machine']}", **common)
-        raise DeviceRuntimeError(f"the device's TVM runtime could not load the library: {data.get('message')}",
-                                 **common)
-    if status == RUNNER_INTEGRITY:
-        raise UploadCorruptError(f"artifact files changed on the device: {data.get('message')}", **common)
-    if status != 0 or not data.get("ok"):
-        raise RemoteCommandError(f"runner failed: {data.get('message') or 'no report'}", **common)
-    report = report_from_runner(data, measure, device_extra={"host": remote.name})
-    if not report.output_check["passed"]:
-        raise OutputMismatchError(
-            f"{remote.name}: outputs of {artifact.artifact_id} differ from the host reference by up to "
-            f"{report.output_check['max_abs_error']:.3g} (atol {report.output_check['atol']:g}, "
-            f"rtol {report.output_check['rtol']:g}); the previous deployment stays current")
-    return report
+    try:
+        return LatencyReport.from_runner(exit_status=result.exit_status, stdout=result.stdout, stderr=result.stderr,
+                                         protocol=measure, where=remote.name, command=result.command,
+                                         artifact_id=artifact.artifact_id, device_extra={"host": remote.name})
+    except OutputMismatchError as exc:
+        raise OutputMismatchError(f"{exc.message}; the previous deployment stays current") from None
 
 
 def rollback_host(remote: RemoteHost, *, root: str = DEFAULT_ROOT, lock_wait_s: float = 30.0) -> DeviceResult:
     """Point ``current`` back at the previous deployment."""
     result = DeviceResult(host=remote.name)
     remote.connect()
-    session = _Session(remote, root, lock_wait_s, request_timeout_s=60.0)
+    session = DeviceSession(remote, root, lock_wait_s, request_timeout_s=60.0)
     try:
         reply = session.request("rollback")
         if not reply.get("ok"):
@@ -509,17 +467,17 @@ def rollback_host(remote: RemoteHost, *, root: str = DEFAULT_ROOT, lock_wait_s: 
 
 # -- the public verb --------------------------------------------------------------------------------------------
 
-def deploy_model(model_or_artifact, target=None, hosts: Sequence[str | DeviceEntry] = (), *,
-                 inventory: str | Path | None = None, measure: MeasureOptions | None = None,
+def deploy_model(artifact: CompiledArtifact | str | Path | None, hosts: Sequence[str | DeviceEntry] = (), *,
+                 inventory: str | Path | None = None, measure: MeasureProtocol | None = None,
                  root: str = DEFAULT_ROOT, keep: int = DEFAULT_KEEP, max_workers: int = 4, lock_wait_s: float = 30.0,
                  trust_new_host: bool = False, rollback: bool = False, connect: dict | None = None,
-                 compile_options: dict | None = None, log: Callable[[str], None] | None = None,
-                 run: bool = True) -> FleetResult:
-    """Deploy to every host (``hosts`` and/or an ``inventory``), concurrently; one result per device.
+                 log: Callable[[str], None] | None = None, run: bool = True) -> FleetResult:
+    """Deploy ``artifact`` to every host (``hosts`` and/or an ``inventory``), concurrently; one result per device.
 
-    ``model_or_artifact`` is a ``CompiledArtifact``, an artifact directory, or a model that is compiled for
-    ``target`` first.  ``measure`` defaults to the target profile's protocol.  Never raises for a device's
-    failure: call ``.raise_for_errors()`` on the result for that.
+    ``artifact`` is a ``CompiledArtifact`` or an artifact directory (None with ``rollback``); compile a
+    model with ``compile_model`` first.  ``measure`` defaults to the protocol in the artifact's manifest
+    (with ``run=False``: check outputs only).  Never raises for a device's failure: call
+    ``.raise_for_errors()`` on the result for that.
     """
     entries = [h if isinstance(h, DeviceEntry) else DeviceEntry(host=h) for h in hosts]
     if inventory:
@@ -527,11 +485,12 @@ def deploy_model(model_or_artifact, target=None, hosts: Sequence[str | DeviceEnt
     if not entries:
         raise UsageError("no device given", hint="pass --host user@board (repeatable) or --inventory FILE")
     connect = {"trust_new_host": trust_new_host, **(connect or {})}
-    artifact = None
-    if not rollback:
-        artifact = resolve_artifact(model_or_artifact, target, compile_options)
+    if rollback:
+        artifact = None
+    else:
+        artifact = open_artifact(artifact)
         if measure is None:
-            measure = default_measure(artifact, run=run)
+            measure = artifact.measure_protocol.with_overrides(check_only=not run)
     if max_workers < 1:
         raise UsageError("max_workers must be at least 1")
 
@@ -559,25 +518,11 @@ def deploy_model(model_or_artifact, target=None, hosts: Sequence[str | DeviceEnt
     return FleetResult(results=results)
 
 
-def resolve_artifact(model_or_artifact, target, compile_options: dict | None = None) -> CompiledArtifact:
-    if isinstance(model_or_artifact, CompiledArtifact):
-        return model_or_artifact
-    if isinstance(model_or_artifact, (str, Path)) and (Path(model_or_artifact) / MANIFEST_NAME).is_file():
-        return CompiledArtifact.open(model_or_artifact)
-    if target is None:
-        raise UsageError("a model needs --target to be compiled before it is deployed")
-    from edgekit.compile import compile_model
-
-    return compile_model(model_or_artifact, target, **(compile_options or {}))
-
-
-def default_measure(artifact: CompiledArtifact, *, run: bool = True) -> MeasureOptions:
-    from edgekit.errors import UnknownTargetError
-    from edgekit.targets import MeasureDefaults, load_target
-
-    try:
-        defaults = load_target(artifact.target_name).measure
-    except (UnknownTargetError, EdgekitError):
-        defaults = MeasureDefaults()
-    return MeasureOptions(warmup=defaults.warmup, repeats=defaults.repeats, threads=defaults.threads,
-                          check_only=not run)
+def open_artifact(artifact: CompiledArtifact | str | Path) -> CompiledArtifact:
+    """``artifact`` as a ``CompiledArtifact``; a path must be an artifact directory (deploy compiles nothing)."""
+    if isinstance(artifact, CompiledArtifact):
+        return artifact
+    if isinstance(artifact, (str, Path)) and (Path(artifact) / MANIFEST_NAME).is_file():
+        return CompiledArtifact.open(artifact)
+    raise UsageError(f"{artifact!r} is not a compiled artifact",
+                     hint="compile it first (`edgekit compile`, or compile_model) and deploy the artifact directory")

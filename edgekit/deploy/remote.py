@@ -342,6 +342,14 @@ class RemoteHost:
         self.connect()
         return self._client.get_transport()
 
+    def forwarding_transport(self):
+        """The live SSH transport, connecting first, for port forwards over this same connection.
+
+        A forward opens ``direct-tcpip`` channels on it (``ssh -L``; remote tuning reaches the device's
+        RPC server so).  This RemoteHost still owns the transport: closing it ends the forwards.
+        """
+        return self._transport()
+
     # -- commands ---------------------------------------------------------------------------------------------
 
     def run(self, argv: Sequence[str], *, timeout_s: float | None = None, check: bool = True,
@@ -362,12 +370,6 @@ class RemoteHost:
                    f"{command}; else exec {command}; fi")
         return self._exec(wrapped, display=command, timeout_s=timeout_s + KILL_AFTER_S + 5, check=check,
                           stdin=stdin, keep_stdin_open=keep_stdin_open, on_failure=on_failure, what=what)
-
-    def run_script(self, script: str, *args: str, timeout_s: float | None = None, check: bool = True,
-                   what: str | None = None, on_failure: type | None = None, stdin: bytes | None = None) -> CommandResult:
-        """Run a constant POSIX sh script; every variable part travels as a quoted positional argument."""
-        return self.run(["sh", "-c", script, "edgekit", *args], timeout_s=timeout_s, check=check, what=what,
-                        on_failure=on_failure, stdin=stdin)
 
     def _exec(self, command: str, *, display: str, timeout_s: float, check: bool, stdin: bytes | None,
               keep_stdin_open: bool, on_failure, what) -> CommandResult:

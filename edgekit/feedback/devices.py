@@ -7,22 +7,21 @@
 * ``slow_local_device``: this machine with a runner whose kernels of chosen weight shapes really
   sleep (``slow_runner.py``): a device with a known, deliberately non-monotone latency.
 
-Every device returns ``LatencyReport``s (``kernels`` filled when asked) and raises the deploy
-stage's ``DeviceError`` subclasses when it fails.  ``identity`` names the device for the latency
+Every device measures through the measure verb (``measure_latency``), so it returns
+``LatencyReport``s (``kernels`` filled when asked) and raises the deploy stage's ``DeviceError``
+subclasses when it fails, here as on a board.  ``identity`` names the device for the latency
 cache; the hardware/runtime fingerprint comes back with every report.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from edgekit.artifacts import CompiledArtifact, LatencyReport
-from edgekit.errors import DeviceError, EdgekitError, OutputMismatchError
+from edgekit.errors import DeviceError, EdgekitError
+from edgekit.measure.protocol import measure_latency
 
 SLOW_RUNNER_PATH = Path(__file__).with_name("slow_runner.py")
 
@@ -40,7 +39,6 @@ class Device:
 
     kind = "device"
     identity = "device"
-    supports_kernels = True
 
     def measure(self, artifact: CompiledArtifact, *, kernels: bool = False, warmup: int = 5,
                 repeats: int = 50, kernel_repeats: int = 10) -> LatencyReport:
@@ -54,13 +52,13 @@ class Device:
 
 
 class LocalDevice(Device):
-    """This machine: the device runner as a local process (``edgekit.run`` does the same, without kernels)."""
+    """This machine: the device runner as a local process, as ``edgekit run`` starts it."""
 
     kind = "local"
 
     def __init__(self, *, threads: int = 1, runner_path: Path | None = None, env: dict[str, str] | None = None,
                  timeout_s: float = 600.0, identity: str = "local"):
-        from edgekit.run import RUNNER_PATH
+        from edgekit.onboard import RUNNER_PATH
 
         self.threads = threads
         self.runner_path = Path(runner_path or RUNNER_PATH)
@@ -69,35 +67,14 @@ class LocalDevice(Device):
         self.identity = identity
 
     def measure(self, artifact, *, kernels=False, warmup=5, repeats=50, kernel_repeats=10):
-        from edgekit.measure.stats import summarize
-        from edgekit.run import _runs_here
+        from edgekit.run import runs_here
 
-        if not _runs_here(artifact):
+        if not runs_here(artifact):
             raise EdgekitError(f"artifact {artifact.artifact_id} is built for '{artifact.target_name}' and cannot "
                                "run on this machine", hint="give --host for a device of that target")
-        argv = [sys.executable, str(self.runner_path), str(artifact.path), "--warmup", str(warmup),
-                "--repeats", str(repeats), "--threads", str(self.threads)]
-        if kernels:
-            argv += ["--kernels", "--kernel-repeats", str(kernel_repeats)]
-        env = {**os.environ, **self.env}
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout_s, env=env)
-        except subprocess.TimeoutExpired:
-            raise DeviceError(f"local runner took longer than {self.timeout_s:.0f} s on {artifact.path}") from None
-        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        data = json.loads(lines[-1]) if lines else {}
-        if done.returncode != 0 or not data.get("ok"):
-            raise DeviceError(f"local runner failed on {artifact.path} (exit {done.returncode}): "
-                              f"{data.get('message') or done.stderr.strip()[-500:]}")
-        report = LatencyReport(
-            artifact_id=data["artifact_id"], target=data["target"], device=data["device"], threads=self.threads,
-            warmup=warmup, samples_ms=data["samples_ms"], stats=summarize(data["samples_ms"]),
-            output_check=data["output_check"], emulated=bool(data.get("emulated")),
-            kernels=list(data.get("kernels") or []))
-        if not report.output_check["passed"]:
-            raise OutputMismatchError(f"artifact {artifact.artifact_id}: outputs differ from the reference by up to "
-                                      f"{report.output_check['max_abs_error']:.3g}")
-        return report
+        return measure_latency(artifact, None, warmup=warmup, repeats=repeats, threads=self.threads, kernels=kernels,
+                               kernel_repeats=kernel_repeats, time_limit_s=self.timeout_s,
+                               runner_path=self.runner_path, env=self.env)
 
     def describe(self):
         return {"kind": self.kind, "identity": self.identity, "runner": self.runner_path.name,
@@ -144,16 +121,13 @@ class SshDevice(Device):
         return self._remote
 
     def measure(self, artifact, *, kernels=False, warmup=5, repeats=50, kernel_repeats=10):
-        from edgekit.deploy.deploy import MeasureOptions, deploy_to_host
-
-        options = MeasureOptions(warmup=warmup, repeats=repeats, threads=self.threads, kernels=kernels,
-                                 kernel_repeats=kernel_repeats, time_limit_s=self.time_limit_s)
         try:
-            result = deploy_to_host(artifact, self._host(), root=self.root, measure=options, emulated=self.emulated)
+            report = measure_latency(artifact, self._host(), warmup=warmup, repeats=repeats, threads=self.threads,
+                                     kernels=kernels, kernel_repeats=kernel_repeats,
+                                     time_limit_s=self.time_limit_s, root=self.root, emulated=self.emulated)
         except DeviceError:
             self.close()  # the next call reconnects from scratch
             raise
-        report = result.report
         if report.emulated:
             raise DeviceError(f"{self.host} is emulated (qemu): its latency is not a measurement of the board",
                               hint="optimize against the real board")

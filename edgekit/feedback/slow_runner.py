@@ -13,7 +13,7 @@ with the VM's instrument hook); per-kernel timings sleep inside each timed repea
 
     python3 slow_runner.py ARTIFACT_DIR [the runner's options]
 
-Like deploy/runner.py it needs only numpy and the TVM runtime, and never imports edgekit.
+Like onboard/runner.py it needs only numpy and the TVM runtime, and never imports edgekit.
 """
 
 import json
@@ -24,7 +24,7 @@ import time
 SLOW_ENV = "EDGEKIT_SLOW_KERNELS"
 # A runner without per-kernel timing (like an older edgekit on the board): --kernels is ignored.
 NO_KERNELS_ENV = "EDGEKIT_RUNNER_NO_KERNELS"
-RUNNER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy", "runner.py")
+RUNNER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "onboard", "runner.py")
 
 
 def slow_specs():
@@ -119,7 +119,7 @@ def main(argv):
     os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
     sys.modules.setdefault("torch", None)
     sys.path.insert(0, os.path.dirname(RUNNER))
-    import runner  # edgekit/deploy/runner.py, imported as a plain script module
+    import runner  # edgekit/onboard/runner.py, imported as a plain script module
 
     install(slow_specs())
     if os.environ.get(NO_KERNELS_ENV):

@@ -1,55 +1,50 @@
-"""The on-device measurement protocol: warm-up, N kept samples, threads, per-kernel timing.
+"""``measure_latency``: the public verb for "how fast is this artifact on that board" (or on this machine).
 
-The runner (deploy/runner.py) does the timing on the device; this module turns its JSON into a
-``LatencyReport`` and offers ``measure_latency``, the public verb for "how fast is this artifact on
-that board".  Latency measured under emulation is kept but marked ``emulated``: it is never a
-measurement of the board.
+The protocol (warm-up, kept samples, threads, min_repeat_ms, time limit) comes from the artifact's
+manifest, written at compile time from its target profile; arguments that are not None override it.
+The runner (edgekit/onboard/runner.py) times on the device and ``LatencyReport.from_runner`` reads
+what it prints, wherever it ran.  Latency measured under emulation is kept but marked ``emulated``:
+it is never a measurement of the board.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
 from edgekit.artifacts import CompiledArtifact, LatencyReport
-from edgekit.measure.stats import summarize
+from edgekit.targets import MeasureProtocol
 
 
-def report_from_runner(data: dict[str, Any], measure, *, device_extra: dict | None = None) -> LatencyReport:
-    """The runner's JSON object -> LatencyReport (statistics computed here from every kept sample)."""
-    samples = list(data.get("samples_ms") or [])
-    device = {**(data.get("device") or {}), **(device_extra or {})}
-    emulated = bool(data.get("emulated") or device.get("emulated"))
-    kernels = list(data.get("kernels") or [])
-    stats = summarize(samples) if samples else {}
-    if emulated:
-        stats = {**stats, "emulated": True}
-    return LatencyReport(
-        artifact_id=data["artifact_id"], target=data["target"], device=device,
-        threads=int(data.get("threads", measure.threads)), warmup=int(data.get("warmup", measure.warmup)),
-        samples_ms=samples, stats=stats, output_check=data["output_check"], emulated=emulated, kernels=kernels)
-
-
-def measure_latency(artifact: CompiledArtifact | str, host: str | None = None, *, warmup: int | None = None,
-                    repeats: int | None = None, threads: int | None = None, kernels: bool = False,
-                    time_limit_s: float = 300.0, connect: dict | None = None, root: str | None = None,
-                    trust_new_host: bool = False) -> LatencyReport:
+def measure_latency(artifact: CompiledArtifact | str, host=None, *, protocol: MeasureProtocol | None = None,
+                    warmup: int | None = None, repeats: int | None = None, threads: int | None = None,
+                    min_repeat_ms: float | None = None, kernels: bool | None = None,
+                    kernel_repeats: int | None = None, time_limit_s: float | None = None,
+                    connect: dict | None = None, root: str | None = None, trust_new_host: bool = False,
+                    emulated: bool = False, runner_path: Path | None = None,
+                    env: dict[str, str] | None = None) -> LatencyReport:
     """Measure ``artifact`` on ``host`` (deploying it first if needed); on this machine when ``host`` is None.
 
+    ``host`` is ``user@board[:port]``, an ``~/.ssh/config`` alias, or an open ``RemoteHost`` (kept open
+    for the next call).  ``kernels`` also times every fused kernel alone.  ``emulated`` marks a board
+    known to be emulated.  ``runner_path``/``env`` replace the runner on this machine (test devices).
     Raises the device's error (a ``DeviceError`` subclass, or ``OutputMismatchError``) on failure.
     """
-    from edgekit.deploy.deploy import DEFAULT_ROOT, MeasureOptions, default_measure, deploy_model
-
     if not isinstance(artifact, CompiledArtifact):
         artifact = CompiledArtifact.open(artifact)
+    protocol = (protocol or artifact.measure_protocol).with_overrides(
+        warmup=warmup, repeats=repeats, threads=threads, min_repeat_ms=min_repeat_ms, kernels=kernels,
+        kernel_repeats=kernel_repeats, time_limit_s=time_limit_s)
     if host is None:
         from edgekit.run import run_artifact
 
-        return run_artifact(artifact, warmup=warmup, repeats=repeats, threads=threads)
-    base = default_measure(artifact)
-    options = MeasureOptions(
-        warmup=base.warmup if warmup is None else warmup, repeats=base.repeats if repeats is None else repeats,
-        threads=base.threads if threads is None else threads, kernels=kernels, time_limit_s=time_limit_s)
-    fleet = deploy_model(artifact, hosts=[host], measure=options, connect=connect, root=root or DEFAULT_ROOT,
-                         trust_new_host=trust_new_host)
+        return run_artifact(artifact, protocol=protocol, runner_path=runner_path, env=env)
+    from edgekit.deploy.deploy import DEFAULT_ROOT, DeviceEntry, deploy_model, deploy_to_host
+
+    from edgekit.deploy.remote import RemoteHost
+
+    if isinstance(host, RemoteHost):  # one device whose connection the caller keeps for the next call
+        return deploy_to_host(artifact, host, root=root or DEFAULT_ROOT, measure=protocol, emulated=emulated).report
+    fleet = deploy_model(artifact, hosts=[DeviceEntry(host=host, emulated=emulated)], measure=protocol,
+                         connect=connect, root=root or DEFAULT_ROOT, trust_new_host=trust_new_host)
     fleet.raise_for_errors()
     return fleet.results[0].report

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """edgekit device agent: runs ON the device (python3 standard library only, never imports edgekit).
 
-The host sends this file's source with ``python3 -c``; nothing is installed.  Two modes:
+The host sends this file's source with ``python3 -c``, with device_facts.py inlined ahead of it
+(``edgekit.onboard.inline_source``); nothing is installed.  Two modes:
 
     agent probe ROOT            print the device facts as one JSON line, exit
     agent session ROOT WAIT_S [IDLE_S]
@@ -15,7 +16,8 @@ The host sends this file's source with ``python3 -c``; nothing is installed.  Tw
 Layout under ROOT (default ~/.edgekit):
 
     blobs/<sha256>          every file ever uploaded, content-addressed (hard-linked into versions)
-    versions/<artifact_id>/ manifest.json, model.so, reference.npz, runner.py (hard links to blobs)
+    versions/<artifact_id>/ manifest.json, model.so, reference.npz, runner.py, device_facts.py (hard
+                            links to blobs)
     current -> versions/<id>  switched atomically (rename of a symlink) after the run checked out
     previous -> versions/<id> what --rollback goes back to
     tmp/                    uploads in flight; emptied whenever the lock is taken
@@ -26,13 +28,14 @@ Exit codes: 0 done, 3 device busy (lock held), 4 bad usage.
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import platform
 import shutil
 import sys
 import time
+
+from device_facts import file_sha256, machine_facts, read_text
 
 EXIT_BUSY = 3
 
@@ -41,25 +44,17 @@ def facts(root):
     site = os.path.join(root, "runtime", "site-packages")
     if os.path.isdir(site):
         sys.path.insert(0, site)
-    cpuinfo = read_text("/proc/cpuinfo") or ""
+    machine = machine_facts()
     return {
-        "python": platform.python_version(),
+        **machine,
         "python_executable": sys.executable,
-        "machine": platform.machine(),
         "glibc": glibc_version(),
-        "kernel": platform.release(),
         "hostname": platform.node(),
         "home": os.path.expanduser("~"),
         "root": root,
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model(cpuinfo),
-        "board": read_text("/proc/device-tree/model"),
-        "governor": read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-        "temperature_c": temperature_c(),
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "mem_total_bytes": mem_total(),
         "free_bytes": free_bytes(root),
-        "emulated": emulated(cpuinfo),
         "packages": {name: package_version(name) for name in ("apache-tvm", "apache-tvm-ffi", "numpy")},
         "tvm_runtime_lib": tvm_runtime_lib(),
         "runtime_site": site if os.path.isdir(site) else None,
@@ -73,33 +68,6 @@ def glibc_version():
         text = os.confstr("CS_GNU_LIBC_VERSION")  # "glibc 2.36"
         return text.split()[-1] if text else None
     except (ValueError, OSError, AttributeError):
-        return None
-
-
-def cpu_model(text):
-    for line in text.splitlines():
-        key = line.split(":")[0].strip().lower()
-        if key in ("model name", "hardware", "cpu model"):
-            return line.split(":", 1)[1].strip()
-    return None
-
-
-def emulated(cpuinfo):
-    """Under qemu-user, /proc/cpuinfo still describes the host CPU."""
-    text = cpuinfo.lower()
-    machine = platform.machine().lower()
-    if machine.startswith(("aarch64", "arm")):
-        return "vendor_id" in text and ("genuineintel" in text or "authenticamd" in text)
-    if machine in ("x86_64", "amd64"):
-        return "cpu implementer" in text
-    return False
-
-
-def temperature_c():
-    raw = read_text("/sys/class/thermal/thermal_zone0/temp")
-    try:
-        return int(raw) / 1000.0
-    except (TypeError, ValueError):
         return None
 
 
@@ -155,12 +123,6 @@ def pip_available():
         return False
 
 
-def read_text(path):
-    try:
-        with open(path) as f:
-            return f.read().strip().strip("\x00")
-    except (OSError, UnicodeDecodeError):
-        return None
 
 
 def emit(obj):
@@ -326,15 +288,6 @@ class Store:
         return {"ok": True, "site": os.path.join(runtime, "site-packages")}
 
 
-def file_sha256(path):
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except OSError:
-        return None
-    return digest.hexdigest()
 
 
 def remove(path):

@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
 """edgekit device runner: load one artifact, check its outputs, time it, print one JSON object.
 
-This file is uploaded to the device and run there, so it must need nothing but
-the Python standard library, numpy and the TVM runtime: it never imports edgekit.
+This file is uploaded to the device (with device_facts.py beside it) and run there, so it must
+need nothing but the Python standard library, numpy and the TVM runtime: it never imports edgekit.
+On the host, ``edgekit.run`` starts the same file as a local process.
 
-    python3 runner.py ARTIFACT_DIR [--warmup N] [--repeats N] [--threads N] [--check-only]
-                      [--kernels] [--kernel-repeats N] [--time-limit S] [--watch-stdin] [--site DIR]
+    python3 runner.py ARTIFACT_DIR [--warmup N] [--repeats N] [--min-repeat-ms MS] [--threads N]
+                      [--check-only] [--kernels] [--kernel-repeats N] [--time-limit S] [--watch-stdin]
+                      [--site DIR] [--emulated]
+
+Every kept sample is one timed repeat; with --min-repeat-ms the model runs as many times in a row
+as a repeat needs to last that long, and the sample is their mean (TVM's time_evaluator does this).
 
 Exit codes: 0 ok (the JSON says whether outputs matched), 20 artifact integrity
 failure (sha256), 21 TVM runtime missing, 22 library failed to load, 23 time
@@ -21,15 +26,19 @@ runner records every kernel call of one run with the VM's instrument hook
 
 import argparse
 import faulthandler
-import hashlib
 import json
 import os
 import platform
-import socket
 import sys
 import threading
 import time
 
+if __package__:  # imported by edgekit on the host (for the exit codes below)
+    from edgekit.onboard.device_facts import file_sha256, machine_facts
+else:  # run as a script: device_facts.py sits beside this file
+    from device_facts import file_sha256, machine_facts
+
+# The host maps each of these to its error (edgekit.artifacts.LatencyReport.from_runner).
 EXIT_INTEGRITY = 20
 EXIT_NO_RUNTIME = 21
 EXIT_LOAD_FAILED = 22
@@ -42,6 +51,7 @@ def main(argv=None):
     parser.add_argument("artifact_dir")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--min-repeat-ms", type=float, default=0, help="a timed repeat lasts at least this long")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--check-only", action="store_true", help="check outputs, do not time")
     parser.add_argument("--kernels", action="store_true", help="also time each fused kernel alone")
@@ -102,18 +112,28 @@ def main(argv=None):
     check = compare(actual, expected, manifest["tolerance"], np)
 
     report = {"ok": True, "artifact_id": manifest["artifact_id"], "target": manifest["target"]["name"],
-              "threads": args.threads, "warmup": args.warmup, "import_s": round(import_s, 3),
+              "threads": args.threads, "warmup": args.warmup, "repeats": args.repeats,
+              "min_repeat_ms": args.min_repeat_ms, "import_s": round(import_s, 3),
               "output_check": check, "device": fingerprint(tvm, args.emulated)}
     report["emulated"] = report["device"]["emulated"]
+    report["device"]["runtime_threads"] = runtime_threads(tvm)  # what --threads really gave
     if not args.check_only:
         for _ in range(args.warmup):
             vm["main"](*inputs)
-        timer = vm.time_evaluator("main", device, number=1, repeat=args.repeats)
+        # time_evaluator raises `number` until one repeat lasts min_repeat_ms (an integer there)
+        timer = vm.time_evaluator("main", device, number=1, repeat=args.repeats,
+                                  min_repeat_ms=int(round(args.min_repeat_ms)))
         report["samples_ms"] = [s * 1000.0 for s in timer(*inputs).results]
         if args.kernels:
             report["kernels"] = time_kernels(tvm, library, vm, inputs, device, args.kernel_repeats)
     emit(report)
     return 0
+
+
+def runtime_threads(tvm):
+    """The size of the TVM runtime's thread pool: what --threads really gave (None if it cannot say)."""
+    count = tvm.get_global_func("runtime.NumThreads", allow_missing=True)
+    return int(count()) if count is not None else None
 
 
 def start_time_limit(limit_s):
@@ -229,12 +249,9 @@ def verify_files(artifact_dir, manifest):
         path = os.path.join(artifact_dir, name)
         if not os.path.isfile(path):
             return "%s is missing" % name
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != expected:
-            return "sha256 of %s is %s, manifest says %s" % (name, digest.hexdigest(), expected)
+        actual = file_sha256(path)
+        if actual != expected:
+            return "sha256 of %s is %s, manifest says %s" % (name, actual, expected)
     return None
 
 
@@ -260,57 +277,9 @@ def compare(actual, expected, tolerance, np):
 
 def fingerprint(tvm, emulated=False):
     """What makes two measurements comparable: the board, its OS, its clocks and its runtime."""
-    return {
-        "emulated": bool(emulated) or is_emulated(),
-        "board": read_text("/proc/device-tree/model"),
-        "hostname": socket.gethostname(),
-        "machine": platform.machine(),
-        "kernel": platform.release(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "governor": read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-        "temperature_c": temperature_c(),
-        "loadavg_1m": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "tvm": tvm.__version__,
-    }
-
-
-def is_emulated():
-    """Under qemu-user the kernel's /proc/cpuinfo describes the host CPU, not the one we run as."""
-    text = (read_text("/proc/cpuinfo") or "").lower()
-    machine = platform.machine().lower()
-    x86_cpu = "vendor_id" in text and ("genuineintel" in text or "authenticamd" in text)
-    if machine.startswith(("aarch64", "arm")):
-        return x86_cpu
-    if machine in ("x86_64", "amd64", "i686"):
-        return "cpu implementer" in text
-    return False
-
-
-def cpu_model():
-    text = read_text("/proc/cpuinfo") or ""
-    for line in text.splitlines():
-        key = line.split(":")[0].strip().lower()
-        if key in ("model name", "hardware", "cpu model"):
-            return line.split(":", 1)[1].strip()
-    return None
-
-
-def temperature_c():
-    raw = read_text("/sys/class/thermal/thermal_zone0/temp")
-    try:
-        return int(raw) / 1000.0
-    except (TypeError, ValueError):
-        return None
-
-
-def read_text(path):
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
+    facts = machine_facts()
+    return {**facts, "emulated": bool(emulated) or facts["emulated"], "loadavg_1m": os.getloadavg()[0],
+            "tvm": tvm.__version__}
 
 
 def first_line(exc):
