@@ -324,7 +324,7 @@ def deploy_to_host(artifact: CompiledArtifact, remote: RemoteHost, *, root: str 
     ``measure``: the protocol to run it with (default: the artifact's); None uploads and switches only.
     """
     say = log or (lambda msg: None)
-    if measure == AS_THE_ARTIFACT_SAYS:
+    if measure is AS_THE_ARTIFACT_SAYS:
         measure = artifact.measure_protocol
     result = DeviceResult(host=remote.name, artifact_id=artifact.artifact_id)
     payload = _payload(artifact)
