@@ -400,7 +400,8 @@ def deploy_to_host(artifact: CompiledArtifact, remote: RemoteHost, *, root: str 
         session.close()
 
 
-def _cleanup(session: DeviceSession, remote: RemoteHost, root: str, lock_wait_s: float, *, version: str | None) -> None:
+def _cleanup(session: DeviceSession, remote: RemoteHost, root: str, lock_wait_s: float, *,
+             version: str | None) -> None:
     """Leave the device as it was: discard what this deploy created, empty tmp/ (reconnecting if need be)."""
     try:
         if version:

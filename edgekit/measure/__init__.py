@@ -1,1 +1,1 @@
-"""Measure stage: statistics over latency samples (protocol and remote timing live beside them)."""
+"""Measure stage: ``measure_latency`` (protocol.py) and statistics over latency samples (stats.py)."""

@@ -27,7 +27,8 @@ try:
     import tvm
     from tvm.rpc import server as rpc_server
 except Exception as exc:
-    print(json.dumps({"ok": False, "error": "%s: %s" % (type(exc).__name__, exc), "facts": machine_facts()}), flush=True)
+    print(json.dumps({"ok": False, "error": "%s: %s" % (type(exc).__name__, exc), "facts": machine_facts()}),
+          flush=True)
     sys.exit(31)
 work = os.path.expanduser(sys.argv[2])
 os.makedirs(work, exist_ok=True)
