@@ -68,7 +68,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from edgekit.errors import BudgetNotMetError, UsageError
-    from edgekit.feedback.search import optimize_model
+    from edgekit.optimize.search import optimize_model
 
     if args.torch_threads:
         import torch

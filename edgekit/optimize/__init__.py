@@ -1,6 +1,6 @@
-"""Feedback stage: measured on-device latency chooses the compression steps (``optimize_model``).
+"""Optimize stage (the feedback loop): measured on-device latency chooses the compression steps (``optimize_model``).
 
-    from edgekit.feedback import optimize_model
+    from edgekit.optimize import optimize_model
     result = optimize_model("zoo:fmnist-resnet", "fashion-mnist", latency_budget_ms=4.0, host="pi@board")
     result.met, result.chosen["widths"], result.reports["markdown"]
 
@@ -14,7 +14,7 @@ __all__ = ["optimize_model", "OptimizeResult", "SearchConfig"]
 
 def __getattr__(name):
     if name in __all__:
-        from edgekit.feedback import search
+        from edgekit.optimize import search
 
         return getattr(search, name)
     raise AttributeError(name)

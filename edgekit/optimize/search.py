@@ -154,7 +154,7 @@ def optimize_model(model=None, data="fashion-mnist", *, latency_budget_ms: float
     """
     import tempfile
 
-    from edgekit.feedback.state import RunState
+    from edgekit.optimize.state import RunState
 
     say = log or (lambda message: None)
     if resume:
@@ -227,7 +227,7 @@ def optimize_model(model=None, data="fashion-mnist", *, latency_budget_ms: float
         if device is not None:
             device.close()
     if write_reports:
-        from edgekit.feedback.report import write_reports as _write
+        from edgekit.optimize.report import write_reports as _write
 
         result.reports = _write(result, state.run_dir)
         state["result"] = result.to_dict()
@@ -236,7 +236,7 @@ def optimize_model(model=None, data="fashion-mnist", *, latency_budget_ms: float
 
 
 def _make_device(host, connect, threads):
-    from edgekit.feedback.devices import LocalDevice, SshDevice
+    from edgekit.optimize.devices import LocalDevice, SshDevice
 
     if host:
         return SshDevice(host, connect=connect, threads=threads)
@@ -297,7 +297,7 @@ def _resolve_data(data, config: SearchConfig):
 class _Search:
     def __init__(self, state, config: SearchConfig, data, teacher, input_shape, device, *, proxy: bool, cache_dir,
                  artifacts_dir, say, on_event):
-        from edgekit.feedback.latency_table import LatencyTable
+        from edgekit.optimize.latency_table import LatencyTable
 
         self.state, self.config = state, config
         self.train, self.val, self.test = data
@@ -321,7 +321,7 @@ class _Search:
 
     def fill(self, specs) -> int | None:
         """Measure the table's missing kernels; None (and whole-model mode from now on) without kernel timing."""
-        from edgekit.feedback.latency_table import KernelTimingUnavailable
+        from edgekit.optimize.latency_table import KernelTimingUnavailable
 
         try:
             return self.table.fill(specs, compile_fn=self.compile, measure_fn=self.device_measure)
@@ -336,7 +336,7 @@ class _Search:
 
     def compile(self, model, shapes=None):
         from edgekit.compile import compile_model
-        from edgekit.feedback.quantize_choice import quantized_layer_names
+        from edgekit.optimize.quantize_choice import quantized_layer_names
 
         extra = {}
         if quantized_layer_names(model):
@@ -375,7 +375,7 @@ class _Search:
 
     def measure_model(self, model, *, fresh: bool = False) -> dict[str, Any]:
         """Whole-model latency on the device (cached per architecture unless ``fresh``); proxy: predicted."""
-        from edgekit.feedback.latency_table import architecture_signature, conv_layers
+        from edgekit.optimize.latency_table import architecture_signature, conv_layers
 
         arch = architecture_signature(model, self.input_shape)
         if self.proxy:
@@ -530,7 +530,7 @@ class _Search:
         budget (beyond the device's noise), that model is fine-tuned briefly and verified on the device,
         and reported as the closest candidate, without a long search that cannot succeed.
         """
-        from edgekit.feedback.latency_table import conv_layers
+        from edgekit.optimize.latency_table import conv_layers
 
         c, state = self.config, self.state
         smallest = model
@@ -571,7 +571,7 @@ class _Search:
 
     def prepare_proxy(self, model):
         """Proxy mode: no device; the residual comes from a cached whole-model measurement of the start model."""
-        from edgekit.feedback.latency_table import architecture_signature
+        from edgekit.optimize.latency_table import architecture_signature
 
         layers = self._layers(model)
         self._require_table(layers)
@@ -584,7 +584,7 @@ class _Search:
         self.state["proxy_size_overhead"] = (arch["size_bytes"] - _param_bytes(model)) if arch else 0
 
     def _layers(self, model):
-        from edgekit.feedback.latency_table import conv_layers
+        from edgekit.optimize.latency_table import conv_layers
 
         if self.mode != "kernels":
             return None
@@ -629,7 +629,7 @@ class _Search:
         for g in groups:
             variants[g.name] = [(w, self.prune_to(model, g, w)) for w in self.widths_for(original[g.name], g.channels)]
         if self.mode == "kernels":
-            from edgekit.feedback.latency_table import conv_layers
+            from edgekit.optimize.latency_table import conv_layers
 
             specs = [spec for vs in variants.values() for _, m in vs for _, spec in conv_layers(m, self.input_shape)]
             specs += [spec for _, spec in conv_layers(model, self.input_shape)]
@@ -714,7 +714,7 @@ class _Search:
         if self.mode == "whole":
             measured = self.measure_model(model)
             return {**measured, "source": "measured (whole model)"}
-        from edgekit.feedback.latency_table import conv_layers
+        from edgekit.optimize.latency_table import conv_layers
 
         layers = conv_layers(model, self.input_shape)
         latency = self._conv_sum(layers) + current["residual_ms"]
@@ -769,7 +769,7 @@ class _Search:
 
     def choose_precision(self, model):
         """Per-layer int8/float (quantize_choice.py); returns the model to ship."""
-        from edgekit.feedback.quantize_choice import choose_int8_layers
+        from edgekit.optimize.quantize_choice import choose_int8_layers
 
         self.say("per-layer int8 or float: measuring float and int8 on the device")
         choice = choose_int8_layers(model, calibration_data=self.train,
@@ -850,7 +850,7 @@ def flops_proposal(model, group_name: str, *, input_shape, step_ratio: float, wi
     """The width a FLOPs-driven NetAdapt step would give ``group_name``: the smallest step that cuts the
     model's conv MACs by ``step_ratio`` (for comparison with the measured choice; the search never uses it)."""
     from edgekit.compress.prune import dependency_groups
-    from edgekit.feedback.latency_table import total_macs
+    from edgekit.optimize.latency_table import total_macs
 
     group = next(g for g in dependency_groups(model, input_shape=input_shape) if g.name == group_name)
     original = original_width or group.channels

@@ -186,7 +186,7 @@ class LatencyTable:
 
     def observe(self, device_fingerprint: dict[str, Any]) -> int:
         """The device as measured now; returns how many cached rows this makes stale."""
-        from edgekit.feedback.devices import stable_fingerprint
+        from edgekit.optimize.devices import stable_fingerprint
 
         self.fingerprint = stable_fingerprint(device_fingerprint)
         self.live = True

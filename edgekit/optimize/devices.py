@@ -109,7 +109,7 @@ def slow_local_device(slow_kernels: list[dict[str, Any]], *, threads: int = 1) -
 
     ``slow_kernels``: ``[{"weight_shape": [O, I, KH, KW], "sleep_ms": S}, ...]``.
     """
-    from edgekit.feedback.slow_runner import SLOW_ENV
+    from edgekit.optimize.slow_runner import SLOW_ENV
 
     import hashlib
 
@@ -173,7 +173,7 @@ class SshDevice(Device):
 
 def no_kernel_timing_local_device(*, threads: int = 1) -> LocalDevice:
     """This machine with a runner that gives no per-kernel timing (as an older runner on a board would)."""
-    from edgekit.feedback.slow_runner import NO_KERNELS_ENV
+    from edgekit.optimize.slow_runner import NO_KERNELS_ENV
 
     return LocalDevice(threads=threads, runner_path=SLOW_RUNNER_PATH, env={NO_KERNELS_ENV: "1"},
                        identity="local-no-kernel-timing")
