@@ -774,13 +774,13 @@ def flops_proposal(model, group_name: str, *, input_shape, step_ratio: float, wi
     """The width a FLOPs-driven NetAdapt step would give ``group_name``: the smallest step that cuts the
     model's conv MACs by ``step_ratio`` (for comparison with the measured choice; the search never uses it)."""
     from edgekit.compress.prune import dependency_groups
-    from edgekit.optimize.latency_table import total_macs
+    from edgekit.compress.stats import count_macs
 
     group = next(g for g in dependency_groups(model, input_shape=input_shape) if g.name == group_name)
     original = original_width or group.channels
     step = max(1, round(original * width_step_ratio))
     floor = max(1, math.ceil(original * min_width_ratio))
-    base = total_macs(model, input_shape)
+    base = count_macs(model, input_shape, linear=False)
     from edgekit.compress.prune import PruneConfig, prune_model
 
     for w in [original - k * step for k in range(1, original // step + 1)]:
@@ -789,6 +789,6 @@ def flops_proposal(model, group_name: str, *, input_shape, step_ratio: float, wi
         ratio = (group.channels - w) / group.channels
         pruned = prune_model(model, PruneConfig(ratio=0.0, layer_ratios={group_name: ratio}),
                              input_shape=input_shape).model
-        if total_macs(pruned, input_shape) <= base * (1 - step_ratio):
+        if count_macs(pruned, input_shape, linear=False) <= base * (1 - step_ratio):
             return w
     return None
