@@ -155,7 +155,7 @@ def test_search_avoids_a_slow_width_that_flops_would_choose(shared, tmp_path):
     from edgekit.compile import compile_model
     from edgekit.optimize import optimize_model
     from edgekit.optimize.devices import slow_local_device
-    from edgekit.optimize.search import flops_proposal
+    from edgekit.optimize.proposals import flops_proposal
 
     model, shape = shared["model"], (1, 1, 28, 28)
     group, step = "layer2.conv1", 0.2

@@ -119,7 +119,8 @@ def add_measure_options(parser, *, kernels: bool = False) -> None:
     """--warmup/--repeats/--threads (default: the target profile's), and --kernels where it applies."""
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default: the profile's)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs, all kept (default: the profile's)")
-    parser.add_argument("--threads", type=int, default=None, help="threads the model runs with (default: the profile's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads the model runs with (default: the profile's)")
     if kernels:
         parser.add_argument("--kernels", action="store_true", help="also time each fused kernel on the device")
 
