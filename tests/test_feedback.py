@@ -169,6 +169,7 @@ def test_search_avoids_a_slow_width_that_flops_would_choose(shared, tmp_path):
         model, shared["data"], latency_budget_ms=baseline_ms * 0.75, device=device, run_dir=tmp_path / "run",
         cache_dir=shared["cache"], artifacts_dir=shared["artifacts"], step_ratio=step, max_iterations=1,
         exclude=("stem.0", "layer1.conv1", "layer2.conv2"), **FAST)
+    assert result.steps, result.message
     first = result.steps[0]
     assert first["group"] == group
     assert first["to_width"] != flops_width, result.steps
