@@ -19,7 +19,7 @@ _LAZY = {
     "measure_latency": "edgekit.measure.protocol",
     "compress_model": "edgekit.compress",
     "CompressedModel": "edgekit.compress",
-    "optimize_model": "edgekit.feedback",
+    "optimize_model": "edgekit.optimize",
     "evaluate": "edgekit.evaluate",
 }
 

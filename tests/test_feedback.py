@@ -1,4 +1,4 @@
-"""edgekit.feedback: the closed loop, on real devices (this machine's runner, a slow-kernel runner, a real sshd).
+"""edgekit.optimize: the closed loop, on real devices (this machine's runner, a slow-kernel runner, a real sshd).
 
 A tiny ResNet trained for a few seconds on scikit-learn's digits keeps each search to seconds per iteration.
 The latency cache and compiled artifacts are shared by the tests of this module (as they would be between a
@@ -47,7 +47,7 @@ def shared(tmp_path_factory):
 def _baseline_ms(shared, device=None):
     """The start model's median latency on the device (compiled into the shared artifact cache)."""
     from edgekit.compile import compile_model
-    from edgekit.feedback.devices import LocalDevice
+    from edgekit.optimize.devices import LocalDevice
 
     artifact = compile_model(shared["model"], "host", input_shapes=[(1, 1, 28, 28)], out_dir=shared["artifacts"])
     return (device or LocalDevice()).measure(artifact, repeats=30).stats["median_ms"]
@@ -63,7 +63,7 @@ def _cli(*args, env=None, timeout=900):
 def test_empty_data_is_a_clear_error(shared, tmp_path):
     from edgekit.data import Dataset
     from edgekit.errors import DataError
-    from edgekit.feedback import optimize_model
+    from edgekit.optimize import optimize_model
 
     train_data, test_data = shared["data"]
     empty = Dataset("digits", "train", train_data.x[:0], train_data.y[:0])
@@ -82,7 +82,7 @@ def test_empty_data_is_a_clear_error(shared, tmp_path):
 
 def test_budget_and_option_errors_are_usage_errors(shared, tmp_path):
     from edgekit.errors import UsageError
-    from edgekit.feedback import optimize_model
+    from edgekit.optimize import optimize_model
 
     with pytest.raises(UsageError, match="give a budget"):
         optimize_model(shared["model"], shared["data"], run_dir=tmp_path / "a")
@@ -94,8 +94,8 @@ def test_budget_and_option_errors_are_usage_errors(shared, tmp_path):
 
 def test_latency_table_is_cached_and_detects_stale_entries(shared, tmp_path):
     from edgekit.compile import compile_model
-    from edgekit.feedback.devices import LocalDevice
-    from edgekit.feedback.latency_table import LatencyTable, conv_layers
+    from edgekit.optimize.devices import LocalDevice
+    from edgekit.optimize.latency_table import LatencyTable, conv_layers
 
     device = LocalDevice()
     layers = conv_layers(shared["model"], (1, 1, 28, 28))
@@ -153,9 +153,9 @@ def test_impossible_budget_exits_5_with_the_closest_candidate(shared, tmp_path):
 def test_search_avoids_a_slow_width_that_flops_would_choose(shared, tmp_path):
     """A device whose runner really sleeps in one kernel shape: the measured table steers around it."""
     from edgekit.compile import compile_model
-    from edgekit.feedback import optimize_model
-    from edgekit.feedback.devices import slow_local_device
-    from edgekit.feedback.search import flops_proposal
+    from edgekit.optimize import optimize_model
+    from edgekit.optimize.devices import slow_local_device
+    from edgekit.optimize.proposals import flops_proposal
 
     model, shape = shared["model"], (1, 1, 28, 28)
     group, step = "layer2.conv1", 0.2
@@ -169,13 +169,14 @@ def test_search_avoids_a_slow_width_that_flops_would_choose(shared, tmp_path):
         model, shared["data"], latency_budget_ms=baseline_ms * 0.75, device=device, run_dir=tmp_path / "run",
         cache_dir=shared["cache"], artifacts_dir=shared["artifacts"], step_ratio=step, max_iterations=1,
         exclude=("stem.0", "layer1.conv1", "layer2.conv2"), **FAST)
+    assert result.steps, result.message
     first = result.steps[0]
     assert first["group"] == group
     assert first["to_width"] != flops_width, result.steps
     assert first["latency_source"] == "measured"
     assert first["latency_ms"] < baseline_ms  # the step really bought latency on the device
     # the table saw the slow kernel; the FLOPs-chosen model really is slower on this device than the start
-    from edgekit.feedback.latency_table import LatencyTable
+    from edgekit.optimize.latency_table import LatencyTable
 
     table = LatencyTable.open(identity=device.identity, target="host", threads=1, cache_dir=shared["cache"])
     slow = [e for k, e in table.entries.items() if k.startswith(f"conv2d|x1x8x28x28|w{flops_width}x8x3x3|s2x2")]
@@ -249,8 +250,8 @@ def test_resume_after_kill_gives_the_uninterrupted_result(shared, tmp_path):
 def test_int8_is_chosen_per_layer_from_measured_latency_and_accuracy(shared):
     from edgekit.compile import compile_model
     from edgekit.evaluate import evaluate
-    from edgekit.feedback.devices import LocalDevice
-    from edgekit.feedback.quantize_choice import choose_int8_layers, quantized_layer_names
+    from edgekit.optimize.devices import LocalDevice
+    from edgekit.optimize.quantize_choice import choose_int8_layers, quantized_layer_names
 
     model, (train_data, test_data) = shared["model"], shared["data"]
     val = test_data.subset(200, seed=0)
@@ -287,7 +288,7 @@ def test_int8_is_chosen_per_layer_from_measured_latency_and_accuracy(shared):
 @pytest.mark.slow
 def test_size_budget_is_met_on_the_compiled_artifact(shared, tmp_path):
     from edgekit.compile import compile_model
-    from edgekit.feedback import optimize_model
+    from edgekit.optimize import optimize_model
 
     artifact = compile_model(shared["model"], "host", input_shapes=[(1, 1, 28, 28)], out_dir=shared["artifacts"])
     budget = int(artifact.size_bytes * 0.97)  # the weights are a small part of the library: a few percent is a lot
@@ -303,8 +304,8 @@ def test_size_budget_is_met_on_the_compiled_artifact(shared, tmp_path):
 
 @pytest.mark.slow
 def test_without_kernel_timing_the_search_measures_whole_models(shared, tmp_path):
-    from edgekit.feedback import optimize_model
-    from edgekit.feedback.devices import no_kernel_timing_local_device
+    from edgekit.optimize import optimize_model
+    from edgekit.optimize.devices import no_kernel_timing_local_device
 
     device = no_kernel_timing_local_device()
     baseline_ms = _baseline_ms(shared, device)

@@ -1,4 +1,4 @@
-"""edgekit.feedback against a real SSH device (an sshd on 127.0.0.1): a device that vanishes mid-search."""
+"""edgekit.optimize against a real SSH device (an sshd on 127.0.0.1): a device that vanishes mid-search."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ def tiny(tmp_path_factory):
 def test_device_vanishing_mid_search_is_a_clear_error_and_resumable(tiny, make_device, tmp_path):
     from edgekit.compile import compile_model
     from edgekit.errors import DeviceError
-    from edgekit.feedback import optimize_model
-    from edgekit.feedback.devices import SshDevice
+    from edgekit.optimize import optimize_model
+    from edgekit.optimize.devices import SshDevice
 
     model, data, base = tiny
     device = make_device()

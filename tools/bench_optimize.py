@@ -47,9 +47,9 @@ def main(argv=None) -> int:
     from edgekit.compress.prune import PruneConfig, prune_model
     from edgekit.data import load_dataset, load_zoo_model
     from edgekit.evaluate import evaluate
-    from edgekit.feedback import optimize_model
-    from edgekit.feedback.devices import LocalDevice, SshDevice
-    from edgekit.feedback.report import write_reports
+    from edgekit.optimize import optimize_model
+    from edgekit.optimize.devices import LocalDevice, SshDevice
+    from edgekit.optimize.report import write_reports
 
     started = time.time()
     out = Path(args.out)

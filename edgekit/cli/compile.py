@@ -1,15 +1,19 @@
-"""``edgekit compile``: a model file (or package.module:factory) -> an artifact directory."""
+"""``edgekit compile``: a model (any form edgekit.models accepts) -> an artifact directory."""
 
 from __future__ import annotations
 
-from edgekit.cli.output import add_json_option, add_targets_dir_option, emit_json, info, progress
+from edgekit.cli.options import add_json_option, add_model_options, add_targets_dir_option, input_shapes
+from edgekit.cli.output import emit_json, info, progress
+
+__all__ = ["register", "run", "compile_from_args", "add_model_options"]  # add_model_options: cli/tune.py
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("compile", help="compile a model for a target profile")
     add_model_options(parser)
     parser.add_argument("--target", default="host", help="target profile name or .toml path (default: host)")
-    parser.add_argument("-o", "--out-dir", default=None, help="where artifacts go (default: ./edgekit-artifacts)")
+    parser.add_argument("-o", "--out-dir", default=None,
+                        help="where artifacts go, one directory each (default: ./edgekit-artifacts)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the same artifact exists")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved plan (target, toolchain) only")
     add_targets_dir_option(parser)
@@ -17,23 +21,12 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def add_model_options(parser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="a .pt2 file (torch.export.save), an .onnx file, or package.module:factory")
-    parser.add_argument("--input-shape", action="append", default=None, metavar="1,3,224,224",
-                        help="input shape, once per input (needed for factories and dynamic ONNX inputs)")
-    parser.add_argument("--frontend", choices=("auto", "onnx"), default="auto",
-                        help="auto: torch.export for torch models, ONNX for .onnx files")
-
-
 def compile_from_args(args, target):
     from edgekit.compile import compile_model
-    from edgekit.compile.frontend import parse_input_shape
     from edgekit.targets import load_target
 
     profile = load_target(target, args.targets_dir)
-    shapes = [parse_input_shape(s) for s in args.input_shape] if args.input_shape else None
-    return compile_model(args.model, profile, input_shapes=shapes, out_dir=getattr(args, "out_dir", None),
+    return compile_model(args.model, profile, input_shapes=input_shapes(args), out_dir=getattr(args, "out_dir", None),
                          frontend=args.frontend, force=getattr(args, "force", False), progress=progress)
 
 
@@ -43,14 +36,14 @@ def plan(args) -> dict:
 
     from edgekit.compile import DEFAULT_OUT_DIR
     from edgekit.compile.build import resolve_tvm_target
-    from edgekit.compile.frontend import parse_input_shape
     from edgekit.targets import load_target
 
     profile = load_target(args.target, args.targets_dir)
     compiler = profile.cross_compiler
+    shapes = input_shapes(args)
     return {
         "model": args.model,
-        "input_shapes": [list(parse_input_shape(s)) for s in args.input_shape] if args.input_shape else None,
+        "input_shapes": [list(s) for s in shapes] if shapes else None,
         "frontend": args.frontend,
         "target": profile.name,
         "profile": str(profile.source),

@@ -3,43 +3,17 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from edgekit.cli.output import add_json_option, add_targets_dir_option, emit_json, info
+from edgekit.cli.options import (MODEL_HELP, add_json_option, add_measure_options, add_model_options, add_ssh_options,
+                                 add_targets_dir_option, artifact_from_arg, connect_kwargs, measure_overrides)
+from edgekit.cli.output import emit_json, info
+
+__all__ = ["register", "run", "add_connection_options", "connect_kwargs"]  # the last two: cli/tune.py
 
 
 def add_connection_options(parser, *, several: bool = True) -> None:
-    """SSH options shared by `deploy` and `device`."""
-    if several:
-        parser.add_argument("--host", action="append", default=[], metavar="USER@HOST[:PORT]",
-                            help="device to use (or an ~/.ssh/config alias); repeat for several")
-        parser.add_argument("--inventory", metavar="FILE",
-                            help="devices, one per line, or TOML [[device]] tables (host, name, identity_file...)")
-    else:
-        parser.add_argument("--host", required=True, metavar="USER@HOST[:PORT]", help="the device (or an alias)")
-    parser.add_argument("-i", "--identity-file", action="append", default=[], metavar="KEY",
-                        help="private key to log in with (default: ~/.ssh/config, the agent, ~/.ssh/id_*)")
-    parser.add_argument("--known-hosts", metavar="FILE", help="known_hosts file (default: ~/.ssh/known_hosts)")
-    parser.add_argument("--trust-new-host", action="store_true",
-                        help="accept and record the key of a host not yet in known_hosts (a changed key is "
-                             "always refused)")
-    parser.add_argument("--ssh-config", metavar="FILE", help="ssh_config to read (default: ~/.ssh/config)")
-    parser.add_argument("--no-agent", action="store_true", help="do not use the ssh-agent")
-    parser.add_argument("--connect-timeout", type=float, default=10.0, metavar="S")
-    parser.add_argument("--transfer-timeout", type=float, default=600.0, metavar="S")
-    parser.add_argument("--retries", type=int, default=2, help="retries of transient connection failures")
-    parser.add_argument("--root", default="~/.edgekit", metavar="DIR", help="deploy directory on the device")
-
-
-def connect_kwargs(args) -> dict:
-    kwargs = {"identity_files": tuple(args.identity_file), "allow_agent": not args.no_agent,
-              "connect_timeout_s": args.connect_timeout, "transfer_timeout_s": args.transfer_timeout,
-              "retries": args.retries, "trust_new_host": args.trust_new_host}
-    if args.known_hosts:
-        kwargs["known_hosts"] = args.known_hosts
-    if args.ssh_config:
-        kwargs["ssh_config"] = args.ssh_config
-    return kwargs
+    """The SSH option group (cli/options.py), named as cli/device.py and cli/tune.py import it."""
+    add_ssh_options(parser, several=several)
 
 
 def register(subparsers) -> None:
@@ -49,22 +23,19 @@ def register(subparsers) -> None:
                     "there against the host's reference outputs and measure its latency.  A failure leaves the "
                     "previous deployment current.")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", help="a .pt2/.onnx file or package.module:factory, compiled for --target")
-    source.add_argument("--artifact", help="a prebuilt artifact directory from `edgekit compile`")
+    source.add_argument("--model", help=MODEL_HELP + "; compiled for --target")
+    source.add_argument("--artifact", help="a prebuilt artifact directory from `edgekit compile`, or its -o "
+                                           "directory when that holds one artifact")
     source.add_argument("--rollback", action="store_true", help="switch back to the previous deployment")
     parser.add_argument("--target", help="target profile (required with --model)")
-    parser.add_argument("--input-shape", action="append", default=None, metavar="1,3,224,224")
-    parser.add_argument("--frontend", choices=("auto", "onnx"), default="auto")
+    add_model_options(parser, model=False)
     parser.add_argument("-o", "--out-dir", default=None, help="where compiled artifacts go")
-    add_connection_options(parser)
+    add_ssh_options(parser)
     parser.add_argument("--keep", type=int, default=3, help="versions kept on the device (default 3)")
     parser.add_argument("--jobs", type=int, default=4, help="devices handled at once (default 4)")
     parser.add_argument("--lock-wait", type=float, default=30.0, metavar="S",
                         help="how long to wait for a device another edgekit is using")
-    parser.add_argument("--warmup", type=int, default=None, help="default: the profile's")
-    parser.add_argument("--repeats", type=int, default=None, help="default: the profile's")
-    parser.add_argument("--threads", type=int, default=None, help="default: the profile's")
-    parser.add_argument("--kernels", action="store_true", help="also time each fused kernel on the device")
+    add_measure_options(parser, kernels=True)
     parser.add_argument("--time-limit", type=float, default=300.0, metavar="S",
                         help="the runner is stopped on the device after this long")
     parser.add_argument("--no-run", action="store_true", help="upload and check outputs only, no timing")
@@ -74,7 +45,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from edgekit.deploy.deploy import deploy_model, open_artifact
+    from edgekit.deploy.deploy import deploy_model
     from edgekit.errors import UsageError
 
     if not args.host and not args.inventory:
@@ -91,7 +62,7 @@ def run(args) -> int:
 
             artifact = compile_from_args(args, args.target)
         elif args.artifact:
-            artifact = open_artifact(Path(args.artifact))
+            artifact = artifact_from_arg(args.artifact)
         else:
             raise UsageError("give --model, --artifact or --rollback")
         if args.target and artifact.target_name != args.target and not args.target.endswith(".toml"):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from edgekit.cli.deploy import add_connection_options, connect_kwargs
-from edgekit.cli.output import add_json_option, add_targets_dir_option, emit_json, info
+from edgekit.cli.options import add_json_option, add_ssh_options, add_targets_dir_option, connect_kwargs
+from edgekit.cli.output import emit_json, info
 
 
 def register(subparsers) -> None:
@@ -13,7 +13,7 @@ def register(subparsers) -> None:
     setup = sub.add_parser("setup", help="install the TVM runtime on the device")
     for p in (check, setup):
         p.add_argument("--target", required=True, help="target profile the device is for")
-        add_connection_options(p, several=False)
+        add_ssh_options(p, several=False)
         add_targets_dir_option(p)
         add_json_option(p)
     check.add_argument("--import", dest="do_import", action="store_true",

@@ -23,13 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"edgekit.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"edgekit.cli.{name}":
-                continue  # a subcommand still being written
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"edgekit.cli.{name}").register(subparsers)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: --json and --targets-dir options, report printing, progress display."""
+"""Shared CLI output: JSON on stdout, logs on stderr, progress display.  (Option groups: cli/options.py.)"""
 
 from __future__ import annotations
 
@@ -8,14 +8,7 @@ import os
 import sys
 import time
 
-
-def add_json_option(parser) -> None:
-    parser.add_argument("--json", action="store_true", help="write the report as JSON to stdout (logs go to stderr)")
-
-
-def add_targets_dir_option(parser) -> None:
-    parser.add_argument("--targets-dir", action="append", default=[], metavar="DIR",
-                        help="extra directory of target profiles (*.toml); may repeat; also $EDGEKIT_TARGETS_DIR")
+from edgekit.cli.options import add_json_option, add_targets_dir_option  # noqa: F401 - cli/tune.py
 
 
 def emit_json(obj) -> None:

@@ -2,39 +2,36 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from edgekit.cli.compile import compile_from_args
-from edgekit.cli.output import add_json_option, add_targets_dir_option, emit_json, progress
+from edgekit.cli.options import (MODEL_HELP, add_json_option, add_measure_options, add_model_options,
+                                 add_targets_dir_option, artifact_from_arg, measure_overrides)
+from edgekit.cli.output import emit_json, progress
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("run", help="run on this machine: output check and latency")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--artifact", help="an artifact directory from `edgekit compile`")
-    source.add_argument("--model", help="compile this model for --target first (see `edgekit compile`)")
-    parser.add_argument("--input-shape", action="append", default=None, metavar="1,3,224,224")
-    parser.add_argument("--frontend", choices=("auto", "onnx"), default="auto")
+    source.add_argument("--artifact", help="an artifact directory from `edgekit compile` (or its -o directory "
+                                           "when that holds one artifact)")
+    source.add_argument("--model", help=MODEL_HELP + "; compiled for --target first")
+    add_model_options(parser, model=False)
     parser.add_argument("--target", default="host", help="profile to compile for with --model (default: host)")
     parser.add_argument("-o", "--out-dir", default=None)
-    parser.add_argument("--warmup", type=int, default=None, help="default: the profile's")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs, all kept (default: the profile's)")
-    parser.add_argument("--threads", type=int, default=None, help="default: the profile's")
+    add_measure_options(parser)
     add_targets_dir_option(parser)
     add_json_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from edgekit.artifacts import CompiledArtifact
     from edgekit.run import run_artifact
 
     if args.model:
         artifact = compile_from_args(args, args.target)
     else:
-        artifact = CompiledArtifact.open(Path(args.artifact))
+        artifact = artifact_from_arg(args.artifact)
     with progress(f"running {artifact.artifact_id} here"):
-        report = run_artifact(artifact, warmup=args.warmup, repeats=args.repeats, threads=args.threads)
+        report = run_artifact(artifact, **measure_overrides(args))
     if args.json:
         emit_json(report.to_dict())
         return 0

@@ -34,8 +34,10 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
                   progress=None, tuning: str | Path | bool | None = "auto") -> CompiledArtifact:
     """Compile ``model`` for ``target`` into ``out_dir/<artifact_id>/`` and return the artifact.
 
-    ``model`` is an ``nn.Module``, a ``torch.export.ExportedProgram``, the path of a
-    ``.pt2``/``.onnx`` file, or ``"package.module:factory"``.  The same model,
+    ``model`` is anything ``edgekit.models.load_model`` accepts: an ``nn.Module``, an
+    ``ExportedProgram``, a ``CompressedModel`` (its recipe, reference input and int8 tolerance are
+    used unless given here), a ``.pt2``/``.onnx``/``.pt`` file, ``"package.module:factory[@weights.pt]"``,
+    ``"zoo:NAME"`` or an ``edgekit compress`` output directory.  The same model,
     recipe and target give the same id; an existing valid artifact is reused
     unless ``force``.  ``reference_inputs`` replaces the seeded random inputs
     used for the on-device output check (e.g. real images for a quantized model).
@@ -46,12 +48,19 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
     from edgekit.compile.build import build_library, check_toolchain, resolve_tvm_target
     from edgekit.compile.frontend import import_model
     from edgekit.compile.tvm_env import import_tvm
+    from edgekit.models import load_model
 
     step = progress or _null_progress
     profile = load_target(target)
     check_toolchain(profile)  # before the import, which can take seconds
     with step("importing model"):
-        imported = import_model(model, input_shapes=input_shapes, example_inputs=example_inputs, frontend=frontend)
+        loaded = load_model(model)
+        defaults = loaded.compile_defaults  # a compressed model's recipe, real input and int8 tolerance
+        recipe = recipe if recipe is not None else defaults.get("recipe")
+        tolerance = tolerance if tolerance is not None else defaults.get("tolerance")
+        if reference_inputs is None and example_inputs is None and input_shapes is None:
+            reference_inputs = defaults.get("reference_inputs")
+        imported = import_model(loaded, input_shapes=input_shapes, example_inputs=example_inputs, frontend=frontend)
     tvm = import_tvm()
     tvm_target = resolve_tvm_target(profile)
     tolerance = {**DEFAULT_TOLERANCE, **(tolerance or {})}

@@ -1,4 +1,4 @@
-"""Bring a model into TVM Relax: nn.Module, ExportedProgram, .pt2, .onnx or ``package.module:factory``.
+"""Bring a model into TVM Relax: whatever ``edgekit.models.load_model`` resolves (module, program, .onnx).
 
 The torch.export route is tried first for torch models (it handles more graphs);
 ``.onnx`` files go through TVM's ONNX frontend.  Every route also yields a
@@ -10,7 +10,6 @@ against TVM itself.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import io
 import re
 from dataclasses import dataclass
@@ -37,69 +36,21 @@ class ImportedModel:
 
 
 def import_model(model, *, input_shapes=None, example_inputs=None, frontend: str = "auto") -> ImportedModel:
-    """Dispatch on what ``model`` is; see the module docstring."""
-    import torch
+    """Any model spec (``edgekit.models.load_model``: a module, a program, a path, a factory, ...) -> Relax."""
+    from edgekit.models import load_model
 
-    if isinstance(model, (str, Path)):
-        text = str(model)
-        if text.startswith("zoo:"):
-            return _from_zoo(text.removeprefix("zoo:"), input_shapes, example_inputs)
-        if re.fullmatch(r"[\w.]+:\w+", text) and not Path(text).exists():
-            return _from_torch_module(_load_factory(text), input_shapes, example_inputs, source=text)
-        path = Path(text)
-        if not path.is_file():
-            raise ModelLoadError(f"model file not found: {path}")
-        if path.suffix == ".onnx" or frontend == "onnx":
-            return _from_onnx_file(path, input_shapes)
-        if path.suffix in (".pt2", ".pt", ".ep"):
-            return _from_exported_program(_load_pt2(path), input_shapes, source=str(path))
-        raise ModelLoadError(f"{path}: unknown model format '{path.suffix}'",
-                             hint="use a .pt2 file from torch.export.save, an .onnx file, or package.module:factory")
-    if isinstance(model, torch.export.ExportedProgram):
-        return _from_exported_program(model, input_shapes, source="ExportedProgram")
-    if isinstance(model, torch.nn.Module):
-        if frontend == "onnx":
-            return _torch_via_onnx(model, input_shapes, example_inputs)
-        return _from_torch_module(model, input_shapes, example_inputs, source=type(model).__qualname__)
-    raise UsageError(f"cannot compile a {type(model).__name__}",
-                     hint="pass an nn.Module, an ExportedProgram, or the path of a .pt2/.onnx file")
+    loaded = load_model(model)
+    if loaded.onnx_path is not None:
+        return _from_onnx_file(loaded.onnx_path, input_shapes)
+    if loaded.exported is not None:
+        return _from_exported_program(loaded.exported, input_shapes, source=loaded.source)
+    shapes = input_shapes or ([loaded.input_shape] if loaded.input_shape else None)
+    if frontend == "onnx":
+        return _torch_via_onnx(loaded.module, shapes, example_inputs)
+    return _from_torch_module(loaded.module, shapes, example_inputs, source=loaded.source)
 
 
 # ---------------------------------------------------------------- torch
-
-
-def _load_factory(spec: str):
-    module_name, _, attr = spec.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ModelLoadError(f"cannot load model factory '{spec}': {exc}",
-                             hint="give package.module:callable, importable from the current directory") from None
-    model = factory()
-    import torch
-
-    if not isinstance(model, torch.nn.Module):
-        raise ModelLoadError(f"'{spec}' returned a {type(model).__name__}, not a torch.nn.Module")
-    return model
-
-
-def _from_zoo(name: str, input_shapes, example_inputs) -> ImportedModel:
-    """A bundled, trained model from edgekit's zoo (``zoo:fmnist-resnet``), batch 1 unless told otherwise."""
-    from edgekit.data.zoo import load_zoo_model, zoo_entry
-
-    shapes = input_shapes or [(1, *zoo_entry(name).input_shape)]
-    return _from_torch_module(load_zoo_model(name), shapes, example_inputs, source=f"zoo:{name}")
-
-
-def _load_pt2(path: Path):
-    import torch
-
-    try:
-        return torch.export.load(str(path))
-    except Exception as exc:  # torch raises many kinds for a corrupt zip or pickle
-        raise ModelLoadError(
-            f"{path} is not a readable torch.export file ({type(exc).__name__}: {str(exc)[:200]})",
-            hint="the file may be truncated or corrupt; save it again with torch.export.save") from None
 
 
 def _example_inputs(input_shapes, example_inputs, what: str):

@@ -1,20 +1,29 @@
-"""compress_model: run a recipe's steps on a model and report what each one did."""
+"""compress_model: run a recipe's steps on a model, report what each one did, optionally compile the result.
+
+Everything ``edgekit compress`` does is here (the CLI only parses its flags): the recipe's steps, accuracy
+before and after each, and with ``target`` a compiled artifact whose accuracy is measured on this host when it
+runs here.  The result is a ``CompressedModel``, which ``compile_model`` and every ``--model`` flag take
+(directly, or as the directory ``CompressedModel.save`` writes).
+"""
 
 from __future__ import annotations
 
 import copy
 import json
+import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edgekit.compress.report import SUMMARY_KEYS, ArtifactSummary, CompressReport
 from edgekit.errors import ModelLoadError, RecipeError
 
 MODEL_FILE = "model.pt"  # the whole nn.Module (torch.save; load with weights_only=False)
 EXPORT_FILE = "model.pt2"  # torch.export program: what `edgekit compile` takes
 REPORT_FILE = "report.json"
 RECIPE_FILE = "recipe.json"
+REFERENCE_INPUT_FILE = "reference_input.npy"  # a real input, for the compiled artifact's output check
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,11 +32,30 @@ class CompressedModel:
 
     model: Any
     recipe: Any  # Recipe
-    report: dict[str, Any] = field(default_factory=dict)
+    report: CompressReport
     input_shape: tuple[int, ...] = (1, 1, 28, 28)
+    # One real example from the data: int8 rounding is data-dependent, so the compiled artifact's output
+    # check must use real data rather than the seeded random input compile_model uses otherwise.
+    reference_input: Any = None  # np.ndarray of input_shape, or None
+
+    @property
+    def quantized(self) -> bool:
+        return "quantize" in self.recipe.kinds
+
+    def compile_defaults(self) -> dict[str, Any]:
+        """compile_model's options for this model unless the caller gives them: real input, int8 tolerance."""
+        from edgekit.compress.quantize import INT8_CHECK_TOLERANCE
+
+        defaults: dict[str, Any] = {}
+        if self.reference_input is not None:
+            defaults["reference_inputs"] = [self.reference_input]
+        if self.quantized:
+            defaults["tolerance"] = dict(INT8_CHECK_TOLERANCE)
+        return defaults
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write model.pt, model.pt2, report.json and recipe.json into ``out_dir``."""
+        """Write model.pt, model.pt2, report.json, recipe.json (and reference_input.npy) into ``out_dir``."""
+        import numpy as np
         import torch
 
         out = Path(out_dir)
@@ -37,12 +65,16 @@ class CompressedModel:
         torch.save(self.model, paths["model"])
         program = torch.export.export(self.model.eval(), (torch.zeros(self.input_shape),))
         torch.export.save(program, paths["exported"])
-        paths["report"].write_text(json.dumps(self.report, indent=2) + "\n")
+        if self.reference_input is not None:
+            paths["reference_input"] = out / REFERENCE_INPUT_FILE
+            np.save(paths["reference_input"], self.reference_input)
         paths["recipe"].write_text(json.dumps(self.recipe.to_dict(), indent=2) + "\n")
+        self.report.with_(files={k: str(v) for k, v in paths.items()}).save(paths["report"])
         return paths
 
     @classmethod
     def load(cls, out_dir: str | Path) -> "CompressedModel":
+        import numpy as np
         import torch
 
         from edgekit.compress.recipe import parse_recipe
@@ -50,12 +82,14 @@ class CompressedModel:
         out = Path(out_dir)
         try:
             model = torch.load(out / MODEL_FILE, map_location="cpu", weights_only=False)
-            report = json.loads((out / REPORT_FILE).read_text())
+            report = CompressReport.load(out / REPORT_FILE)
             recipe = parse_recipe(json.loads((out / RECIPE_FILE).read_text()), source=str(out / RECIPE_FILE))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ModelLoadError(f"cannot read compressed model in {out}: {exc}") from None
-        return cls(model=model.eval(), recipe=recipe, report=report,
-                   input_shape=tuple(report.get("input_shape", (1, 1, 28, 28))))
+            reference = np.load(out / REFERENCE_INPUT_FILE) if (out / REFERENCE_INPUT_FILE).is_file() else None
+        except Exception as exc:  # noqa: BLE001 - a damaged pickle raises anything
+            raise ModelLoadError(f"cannot read the compressed model in {out} ({type(exc).__name__}: "
+                                 f"{str(exc)[:200]})", hint="run `edgekit compress` again") from None
+        return cls(model=model.eval(), recipe=recipe, report=report, input_shape=tuple(report.input_shape),
+                   reference_input=reference)
 
 
 def model_summary(model, input_shape) -> dict[str, Any]:
@@ -82,32 +116,31 @@ def _resolve_data(data, eval_data, eval_limit, seed):
 
 
 def _load_teacher(spec: str, original):
-    import torch
+    """A distill step's ``teacher``: "original", or any model spec edgekit.models accepts."""
+    from edgekit.models import load_torch_module
 
     if spec == "original":
         return original
-    if spec.startswith("zoo:"):
-        from edgekit.data.zoo import load_zoo_model
-
-        return load_zoo_model(spec[4:])
-    path = Path(spec)
-    if not path.is_file():
-        raise RecipeError(f"distill teacher {spec!r}: not 'original', 'zoo:<name>' or an existing file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False).eval()
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure
-        raise ModelLoadError(f"cannot load distill teacher {path}: {exc}") from None
+    return load_torch_module(spec, purpose="a distillation teacher")
 
 
 def compress_model(model, recipe, data, *, eval_data=None, eval_limit: int | None = None, teacher=None,
-                   input_shape=(1, 1, 28, 28), progress: bool | None = None, threads: int | None = None,
+                   input_shape=None, progress: bool | None = None, threads: int | None = None,
+                   target=None, out_dir: str | Path | None = None, artifacts_dir: str | Path | None = None,
                    log=None) -> CompressedModel:
     """Run ``recipe`` on a copy of ``model``.
 
+    ``model``: anything ``edgekit.models.load_model`` gives an nn.Module for (a module, ``zoo:NAME``, a .pt
+    file, ``module:factory[@weights.pt]``, a compress output directory).  ``recipe``: a Recipe or its path.
     ``data``: a data set name ("fashion-mnist", "digits") or a training ``Dataset`` (used by
     distill/finetune and for quantization calibration).  ``eval_data`` (default: the test
-    split when ``data`` is a name) measures accuracy before and after every step.
-    ``teacher`` overrides the distill steps' ``teacher`` option.
+    split when ``data`` is a name) measures accuracy before and after every step; ``eval_limit``
+    takes a seeded subset of it.  ``teacher`` overrides the distill steps' ``teacher`` option.
+    ``input_shape``: batch-1 input shape (default: the data's).
+    ``out_dir``: save the result there (``CompressedModel.save``), before any compile, so that a failed
+    compile keeps the trained model.  ``target``: also compile the result for this profile (name, path
+    or TargetProfile) into ``artifacts_dir`` (default: OUT_DIR/artifacts, else compile's default);
+    ``report.artifact`` then holds the artifact and, when it runs on this host, its accuracy on ``eval_data``.
     """
     import torch
 
@@ -116,15 +149,18 @@ def compress_model(model, recipe, data, *, eval_data=None, eval_limit: int | Non
     from edgekit.compress.quantize import QuantizeConfig, quantize_model
     from edgekit.compress.recipe import DistillConfig, FinetuneConfig, Recipe, load_recipe, step_kind
     from edgekit.evaluate import evaluate
+    from edgekit.models import load_torch_module
 
     if isinstance(recipe, (str, Path)):
         recipe = load_recipe(recipe)
     if not isinstance(recipe, Recipe):
         raise RecipeError(f"compress_model needs a Recipe or a recipe path, got {type(recipe).__name__}")
+    model = load_torch_module(model, purpose="compress")
     if threads is not None:
         torch.set_num_threads(threads)
     say = log or (lambda msg: None)
     train_data, eval_data = _resolve_data(data, eval_data, eval_limit, recipe.seed)
+    input_shape = tuple(input_shape or (1, *train_data.input_shape))
     original = copy.deepcopy(model).eval()
     current = copy.deepcopy(model).eval()
     started = time.perf_counter()
@@ -161,16 +197,47 @@ def compress_model(model, recipe, data, *, eval_data=None, eval_limit: int | Non
         say(f"  {kind}: params {summary['params']}, macs {summary['macs']}"
             + (f", accuracy {summary['accuracy']:.4f}" if "accuracy" in summary else ""))
     after = steps_report[-1] if steps_report else before
-    report = {
-        "recipe": recipe.to_dict(),
-        "input_shape": list(input_shape),
-        "data": {"train": f"{train_data.name}:{train_data.split} ({len(train_data)})",
-                 "eval": None if eval_data is None else f"{eval_data.name}:{eval_data.split} ({len(eval_data)})"},
-        "before": before,
-        "after": {k: after[k] for k in ("params", "macs", "size_bytes", "sparsity_ratio", "accuracy") if k in after},
-        "steps": steps_report,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    if "accuracy" in before and "accuracy" in after:
-        report["accuracy_delta"] = round(after["accuracy"] - before["accuracy"], 4)
-    return CompressedModel(model=current.eval(), recipe=recipe, report=report, input_shape=tuple(input_shape))
+    report = CompressReport(
+        recipe=recipe.to_dict(), input_shape=input_shape,
+        data={"train": f"{train_data.name}:{train_data.split} ({len(train_data)})",
+              "eval": None if eval_data is None else f"{eval_data.name}:{eval_data.split} ({len(eval_data)})"},
+        before=before, after={k: after[k] for k in SUMMARY_KEYS if k in after}, steps=steps_report,
+        seconds=round(time.perf_counter() - started, 2))
+    sample = (eval_data if eval_data is not None else train_data).x[:1]
+    compressed = CompressedModel(model=current.eval(), recipe=recipe, report=report, input_shape=input_shape,
+                                 reference_input=sample.numpy().astype("float32").reshape(input_shape))
+    if out_dir is not None:
+        files = {k: str(v) for k, v in compressed.save(out_dir).items()}
+        compressed = replace(compressed, report=compressed.report.with_(files=files))
+        artifacts_dir = artifacts_dir or Path(out_dir) / "artifacts"
+    if target is not None:
+        compressed = _compile_and_evaluate(compressed, target, artifacts_dir, eval_data, say)
+        if out_dir is not None:
+            compressed.report.save(Path(out_dir) / REPORT_FILE)  # again: it now describes the artifact
+    return compressed
+
+
+def _compile_and_evaluate(compressed: CompressedModel, target, artifacts_dir, eval_data, say) -> CompressedModel:
+    from edgekit.compile import compile_model
+    from edgekit.evaluate import evaluate
+
+    say(f"compiling for {getattr(target, 'name', target)}")
+    artifact = compile_model(compressed, target, out_dir=artifacts_dir)
+    if not _runs_here(artifact):
+        accuracy, note = None, "artifact does not run on this host; deploy it to measure"
+    elif eval_data is None:
+        accuracy, note = None, "no evaluation data given"
+    else:
+        say(f"measuring the compiled artifact's accuracy on {len(eval_data)} test images")
+        accuracy, note = round(evaluate(artifact, eval_data), 4), None
+    summary = ArtifactSummary(path=str(artifact.path), artifact_id=artifact.artifact_id,
+                              target=artifact.target_name, size_bytes=artifact.size_bytes, accuracy=accuracy,
+                              accuracy_note=note)
+    return replace(compressed, report=compressed.report.with_(artifact=summary))
+
+
+def _runs_here(artifact) -> bool:
+    from edgekit.targets import ELF_MACHINE_BY_ARCH
+
+    return (artifact.manifest["target"].get("kind") == "cpu"
+            and artifact.manifest.get("elf_machine") == ELF_MACHINE_BY_ARCH.get(platform.machine()))

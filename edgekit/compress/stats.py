@@ -14,8 +14,9 @@ def count_params(model) -> int:
     return int(n)
 
 
-def count_macs(model, input_shape=(1, 1, 28, 28)) -> int:
-    """Multiply-accumulates of one forward pass at ``input_shape`` (conv and linear layers)."""
+def count_macs(model, input_shape=(1, 1, 28, 28), *, linear: bool = True) -> int:
+    """Multiply-accumulates of one forward pass at ``input_shape``: conv layers, and linear ones unless
+    ``linear=False`` (the conv-only figure a FLOPs-driven NetAdapt step compares).  edgekit's only MAC counter."""
     import torch
     import torch.nn as nn
 
@@ -34,7 +35,7 @@ def count_macs(model, input_shape=(1, 1, 28, 28)) -> int:
     for mod in model.modules():
         if isinstance(mod, nn.Conv2d) or getattr(mod, "_edgekit_macs", None) == "conv2d":
             hooks.append(mod.register_forward_hook(conv_hook))
-        elif isinstance(mod, nn.Linear) or getattr(mod, "_edgekit_macs", None) == "linear":
+        elif linear and (isinstance(mod, nn.Linear) or getattr(mod, "_edgekit_macs", None) == "linear"):
             hooks.append(mod.register_forward_hook(linear_hook))
     was_training = model.training
     model.eval()

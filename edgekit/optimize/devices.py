@@ -23,7 +23,7 @@ from edgekit.artifacts import CompiledArtifact, LatencyReport
 from edgekit.errors import DeviceError, EdgekitError
 from edgekit.measure.protocol import measure_latency
 
-SLOW_RUNNER_PATH = Path(__file__).with_name("slow_runner.py")
+SLOW_RUNNER_PATH = Path(__file__).parent.parent / "testing" / "slow_runner.py"
 
 # Fingerprint fields that make two measurements comparable; the rest (load, temperature) vary by the minute.
 STABLE_FINGERPRINT_KEYS = ("board", "machine", "cpu_model", "cpu_count", "kernel", "governor", "python", "tvm",
@@ -86,7 +86,7 @@ def slow_local_device(slow_kernels: list[dict[str, Any]], *, threads: int = 1) -
 
     ``slow_kernels``: ``[{"weight_shape": [O, I, KH, KW], "sleep_ms": S}, ...]``.
     """
-    from edgekit.feedback.slow_runner import SLOW_ENV
+    from edgekit.testing.slow_runner import SLOW_ENV
 
     import hashlib
 
@@ -147,7 +147,7 @@ class SshDevice(Device):
 
 def no_kernel_timing_local_device(*, threads: int = 1) -> LocalDevice:
     """This machine with a runner that gives no per-kernel timing (as an older runner on a board would)."""
-    from edgekit.feedback.slow_runner import NO_KERNELS_ENV
+    from edgekit.testing.slow_runner import NO_KERNELS_ENV
 
     return LocalDevice(threads=threads, runner_path=SLOW_RUNNER_PATH, env={NO_KERNELS_ENV: "1"},
                        identity="local-no-kernel-timing")

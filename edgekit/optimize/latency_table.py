@@ -120,10 +120,6 @@ def architecture_signature(model, input_shape) -> str:
     return "model|" + _sha({"class": type(model).__qualname__, "input": list(input_shape), "layers": layers})[:24]
 
 
-def total_macs(model, input_shape) -> int:
-    return sum(spec.macs for _, spec in conv_layers(model, input_shape))
-
-
 # ---------------------------------------------------------------- probes
 
 def build_probe(specs: list[ConvSpec]):
@@ -186,7 +182,7 @@ class LatencyTable:
 
     def observe(self, device_fingerprint: dict[str, Any]) -> int:
         """The device as measured now; returns how many cached rows this makes stale."""
-        from edgekit.feedback.devices import stable_fingerprint
+        from edgekit.optimize.devices import stable_fingerprint
 
         self.fingerprint = stable_fingerprint(device_fingerprint)
         self.live = True
