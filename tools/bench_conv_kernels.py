@@ -150,9 +150,6 @@ def _median_ms(fn, rounds, inner):
 def bench_kernels(baseline: bool) -> list[dict]:
     import torch
 
-    from edgekit.compile.tvm_env import import_tvm
-
-    tvm = import_tvm()
     rows = []
     only = os.environ.get("EK_ONLY")
     for label, spec in KERNELS:
@@ -181,8 +178,8 @@ def bench_kernels(baseline: bool) -> list[dict]:
         row["gflops"] = 2 * out_hw * out_hw * oc * k * k * (ic // groups) / (row["edgekit_ms"] * 1e6)
         if baseline:
             blib, bname, bargs, _ = _scheduled_kernel(model, x, with_schedules=False)
-            f = blib.time_evaluator(bname, tvm.cpu(), number=1, repeat=3)
-            row["unscheduled_ms"] = f(*bargs).median * 1e3
+            naive = blib[bname]
+            row["unscheduled_ms"] = statistics.median(_median_ms(lambda: naive(*bargs), 3, 1))
         print(f"{label:28s} {rule or 'UNSCHEDULED':14s} edgekit {row['edgekit_ms']:8.3f} ms  ORT {row['ort_ms']:8.3f} ms"
               f"  ratio {row['edgekit_over_ort']:5.2f}  {row['gflops']:6.1f} GFLOP/s", flush=True)
         rows.append(row)
@@ -279,7 +276,7 @@ def bench_models() -> list[dict]:
             opts.inter_op_num_threads = 1
             sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
             t0 = time.perf_counter()
-            artifact = compile_model(model, "host", example_inputs=(x,), output_dir=Path(tmp) / "art", tune=False)
+            artifact = compile_model(model, "host", example_inputs=[x], out_dir=Path(tmp) / "art", tuning=False)
             compile_s = time.perf_counter() - t0
             lib = tvm.runtime.load_module(str(artifact.library_path))
             from tvm import relax
@@ -344,14 +341,21 @@ def main() -> None:
     parser.add_argument("--baseline", action="store_true", help="also time TVM's unscheduled kernel")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
-    result = {"machine": _host_isa(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    path = args.out / "bench_conv_kernels.json"
+    result = json.loads(path.read_text()) if path.exists() else {}  # a partial run keeps the other half
+    result.update(machine=_host_isa(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def save():
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        (args.out / "bench_conv_kernels.md").write_text(_markdown(result))
+
     if not args.models_only:
         result["kernels"] = bench_kernels(args.baseline)
+        save()
     if not args.kernels_only:
         result["models"] = bench_models()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_conv_kernels.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "bench_conv_kernels.md").write_text(_markdown(result))
+        save()
     print(_markdown(result))
 
 
