@@ -36,11 +36,39 @@ def resolve_tvm_target(profile: TargetProfile):
         spec.update(mcpu=str(native.attrs["mcpu"]), mtriple=str(native.attrs["mtriple"]))
     if spec.get("kind") == "llvm":
         spec.setdefault("num-cores", os.cpu_count() or 1)  # MetaSchedule needs it
+        width = _x86_vector_width(spec)
+        if width and "vector-width" not in spec:
+            spec["vector-width"] = width
     try:
         return tvm.target.Target(spec, host=host) if host else tvm.target.Target(spec)
     except Exception as exc:
         raise CompileError(f"TVM rejects the target of profile '{profile.name}' ({profile.source}): "
                            f"{str(exc).splitlines()[0][:300]}") from None
+
+
+def _x86_vector_width(spec: dict) -> int | None:
+    """The vector width of an x86 llvm target, from its CPU and features (None: not x86).
+
+    TVM's llvm_get_vector_width assumes 512 bits on every x86_64 target that does not say,
+    so an AVX2 machine would get 16-lane loops split in two by LLVM; the schedules'
+    register tiles (edgekit.compile.schedules) are sized from the same width.
+    """
+    triple = str(spec.get("mtriple", "") or "")
+    if triple and not triple.startswith(("x86_64", "i686", "i386")):
+        return None
+    if not triple and spec.get("mcpu") in (None, ""):
+        return None
+    import_tvm()
+    from tvm.target import Target
+
+    from edgekit.compile.schedules.target_info import cpu_info
+
+    probe = {k: v for k, v in spec.items() if k not in ("vector-width", "host")}
+    try:
+        info = cpu_info(Target(probe))
+    except Exception:  # noqa: BLE001  (the target is rejected below, with the profile's name)
+        return None
+    return info.vector_bits if info.arch == "x86_64" else None
 
 
 def check_toolchain(profile: TargetProfile) -> None:

@@ -14,8 +14,13 @@ import numpy as np
 
 from edgekit.compile.tvm_env import import_tvm
 
-# NHWC activations, OHWI weights for CPU (the pair TVM's layout inference handles).
-CPU_CONV_LAYOUT = ("NHWC", "OHWI")
+# NHWC activations, HWIO weights for CPU.  The default schedules (edgekit.compile.schedules.conv)
+# vectorize over output channels: with HWIO a register tile's weights W[kh, kw, ic, oc:oc+16]
+# are one contiguous load; with OHWI they are 16 loads KH*KW*IC floats apart.  Depthwise weights
+# become (KH, KW, 1, C): contiguous over channels too.  conv1d (keyword-spotting nets) likewise
+# goes to NWC activations with WIO weights.
+CPU_CONV_LAYOUT = ("NHWC", "HWIO")
+CPU_CONV1D_LAYOUT = ("NWC", "WIO")
 
 
 def conv_layout(target) -> tuple[str, str] | None:
@@ -28,6 +33,9 @@ def layout_passes(target) -> list:
 
     Run it after BatchNorm folding and constant folding: TVM 0.27's ConvertLayout crashes
     (segfault) on a conv2d whose weight is still an expression rather than a constant.
+    ``clip`` (ReLU6, hard-swish) has no layout rule in 0.27, so ConvertLayout would wrap
+    every ReLU6 in a transpose pair that also splits the conv from its epilogue; it is
+    spelled as maximum/minimum first, which do have one.
     """
     import_tvm()
     from tvm import relax
@@ -35,8 +43,53 @@ def layout_passes(target) -> list:
     layout = conv_layout(target)
     if layout is None:
         return []
-    return [relax.transform.ConvertLayout({"relax.nn.conv2d": list(layout)}),
+    desired = {"relax.nn.conv2d": list(layout), "relax.nn.conv1d": list(CPU_CONV1D_LAYOUT)}
+    return [clip_as_min_max(), relax.transform.ConvertLayout(desired),
             relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings()]
+
+
+def clip_as_min_max():
+    """A module pass: float ``clip(x, lo, hi)`` -> ``minimum(maximum(x, lo), hi)`` (same values)."""
+    tvm = import_tvm()
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    pattern = is_op("relax.clip")(wildcard(), wildcard(), wildcard())
+
+    def rewrite(expr, _matches):
+        x = expr.args[0]
+        dtype = _float_dtype(x)
+        low, high = _prim_float(expr.args[1]), _prim_float(expr.args[2])
+        if not dtype or low is None or high is None:
+            return expr
+        return relax.op.minimum(relax.op.maximum(x, relax.const(low, dtype)), relax.const(high, dtype))
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgekitClipAsMinMax")
+    def _pass(mod, _ctx):
+        updates = {gv: rewrite_call(pattern, rewrite, func) for gv, func in mod.functions.items()
+                   if isinstance(func, relax.Function)}
+        for gv, func in updates.items():
+            mod[gv] = func
+        return mod
+
+    return _pass
+
+
+def _float_dtype(expr) -> str:
+    try:
+        dtype = str(expr.ty.dtype)
+    except (AttributeError, TypeError):
+        return ""
+    return dtype if dtype.startswith("float") else ""
+
+
+def _prim_float(expr):
+    value = getattr(expr, "value", None)
+    value = getattr(value, "value", value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 # ------------------------------------------------------------------------------------------- int8
