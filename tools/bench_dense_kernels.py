@@ -116,7 +116,7 @@ def end_to_end():
     }
 
 
-def build_tvm(module, shapes, *, scheduled: bool):
+def build_tvm(module, shapes, *, scheduled: bool, fast_math: bool = False):
     """(vm callable, schedule log) for the module on the host target, with or without edgekit's rules."""
     import tvm
     from tvm import relax
@@ -129,6 +129,10 @@ def build_tvm(module, shapes, *, scheduled: bool):
     imported = import_model(module, input_shapes=shapes)
     target = resolve_tvm_target(load_target("host"))
     mod = optimize_graph(imported.mod, target)
+    if fast_math:
+        # What edgekit.compile.build.optimize_graph would run for llvm targets if it adopted
+        # relax's FastMathTransform: exp/erf/tanh become polynomials LLVM can vectorize.
+        mod = relax.transform.FastMathTransform()(mod)
     log = ScheduleLog()
     with target:
         if scheduled:
@@ -172,7 +176,7 @@ def timer(fn, min_seconds=0.05):
     return statistics.median(samples)
 
 
-def bench(name, module, shapes, rounds, naive: bool):
+def bench(name, module, shapes, rounds, naive: bool, fast_math: bool):
     import tvm
 
     module = module.eval()
@@ -187,6 +191,12 @@ def bench(name, module, shapes, rounds, naive: bool):
     got = got.numpy() if hasattr(got, "numpy") else got[0].numpy()
     error = float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-12))
     candidates["edgekit"] = lambda: vm["main"](*args)
+    if fast_math:
+        vm_fast, _ = build_tvm(module, shapes, scheduled=True, fast_math=True)
+        got_fast = vm_fast["main"](*args)
+        got_fast = got_fast.numpy() if hasattr(got_fast, "numpy") else got_fast[0].numpy()
+        fast_error = float(np.abs(got_fast - expected).max() / max(np.abs(expected).max(), 1e-12))
+        candidates["edgekit_fastmath"] = lambda: vm_fast["main"](*args)
     if naive:
         vm0, _ = build_tvm(module, shapes, scheduled=False)
         candidates["tvm_naive"] = lambda: vm0["main"](*args)
@@ -205,6 +215,9 @@ def bench(name, module, shapes, rounds, naive: bool):
     ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     row = {"kernel": name, "ms": ms, "edgekit_over_ort": ms["edgekit"] / ms["ort"],
            "max_rel_error": error, "schedules": log.to_dict()}
+    if fast_math:
+        row["fastmath_over_ort"] = ms["edgekit_fastmath"] / ms["ort"]
+        row["fastmath_max_rel_error"] = fast_error
     print(f"{name:40s} " + " ".join(f"{k}={v:.4f}ms" for k, v in ms.items())
           + f"  edgekit/ort={row['edgekit_over_ort']:.2f}  err={error:.1e}  unscheduled={log.unscheduled}",
           flush=True)
@@ -240,16 +253,24 @@ def markdown(doc) -> str:
     lines = ["# Dense / reduction kernels: edgekit default schedules vs ONNX Runtime", "",
              f"{m['cpu']}, ISA {m['isa']} (mcpu {m['mcpu']}, {m['f32_lanes']} f32 lanes), 1 thread, "
              f"TVM {m['tvm']}, ORT {m['onnxruntime']}, torch {m['torch']}. {m['note']}.", "",
-             "| kernel | edgekit ms | ORT ms | torch ms | TVM naive ms | edgekit / ORT | max rel err | rules |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+             "edgekit = what edgekit ships today (default schedules). +fastmath = the same plus relax's "
+             "FastMathTransform before legalization (exp/erf as vectorizable polynomials), a proposed "
+             "change to edgekit.compile.build.optimize_graph.", "",
+             "| kernel | edgekit ms | +fastmath ms | ORT ms | torch ms | TVM naive ms | edgekit / ORT | "
+             "+fastmath / ORT | max rel err (+fastmath) | rules |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for row in doc["rows"]:
         ms = row["ms"]
         naive = f"{ms['tvm_naive']:.4f}" if "tvm_naive" in ms else "-"
         rules = ", ".join(sorted(row["schedules"]["by_rule"]))
         if row["schedules"]["unscheduled"]:
             rules += f"; unscheduled: {', '.join(row['schedules']['unscheduled'])}"
-        lines.append(f"| {row['kernel']} | {ms['edgekit']:.4f} | {ms['ort']:.4f} | {ms['torch']:.4f} | {naive} | "
-                     f"{row['edgekit_over_ort']:.2f} | {row['max_rel_error']:.1e} | {rules} |")
+        fast = f"{ms['edgekit_fastmath']:.4f}" if "edgekit_fastmath" in ms else "-"
+        fast_ratio = f"{row['fastmath_over_ort']:.2f}" if "fastmath_over_ort" in row else "-"
+        fast_err = f" ({row['fastmath_max_rel_error']:.1e})" if "fastmath_max_rel_error" in row else ""
+        lines.append(f"| {row['kernel']} | {ms['edgekit']:.4f} | {fast} | {ms['ort']:.4f} | {ms['torch']:.4f} | "
+                     f"{naive} | {row['edgekit_over_ort']:.2f} | {fast_ratio} | {row['max_rel_error']:.1e}{fast_err} | "
+                     f"{rules} |")
     return "\n".join(lines) + "\n"
 
 
@@ -258,6 +279,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", default="", help="substring of the kernel names to run")
     parser.add_argument("--no-naive", action="store_true", help="skip the unscheduled TVM build (slow kernels)")
+    parser.add_argument("--no-fast-math", action="store_true", help="skip the FastMathTransform column")
     parser.add_argument("--out", default=str(ROOT / "tools" / "results" / "bench_dense_kernels"))
     args = parser.parse_args()
     doc = {"machine": machine(), "rows": []}
@@ -265,7 +287,8 @@ def main() -> int:
     for name, (module, shapes) in cases.items():
         if args.only and args.only not in name:
             continue
-        doc["rows"].append(bench(name, module, shapes, args.rounds, naive=not args.no_naive))
+        doc["rows"].append(bench(name, module, shapes, args.rounds, naive=not args.no_naive,
+                                 fast_math=not args.no_fast_math))
     if not args.only:
         Path(args.out + ".json").write_text(json.dumps(doc, indent=2) + "\n")
         Path(args.out + ".md").write_text(markdown(doc))
