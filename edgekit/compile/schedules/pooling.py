@@ -56,6 +56,8 @@ class SpatialReduction(CPUScheduleRule):
         if len(reductions) != 1:
             return None
         block = reductions[0]
+        if not isinstance(sch.get(block).body, tirx.BufferStore):
+            return None  # a nested window (adaptive pool): VariableWindowPool
         if util.multiply_accumulate_operands(sch.get(block).body) is not None:
             return None  # a matmul: the matmul rule's
         position = [sch.get(b).name_hint for b in blocks].index(sch.get(block).name_hint)
@@ -103,4 +105,42 @@ class SpatialReduction(CPUScheduleRule):
             init = sch.decompose_reduction(block, loops[reduce[0]])
             if contiguous:
                 util.vectorize_inner(sch, init, group)
+        return sch
+
+
+class VariableWindowPool(CPUScheduleRule):
+    """Adaptive pooling to a size that does not divide the input (7 -> 2): LegalizeOps writes an
+    outer block per output with an inner loop whose extent varies with the window.  No
+    vector axis runs through it; the schedule computes the epilogue (the divide by the window
+    size) at the output element, so the sums never round-trip through memory."""
+
+    def __init__(self, cpu):
+        self.cpu = cpu
+
+    def apply(self, func, target, _tunable):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        try:
+            return self._schedule(func)
+        except Exception:  # noqa: BLE001 (a rule never breaks a build: the kernel is logged as unscheduled)
+            return None
+
+    def _schedule(self, func):
+        sch = s_tir.Schedule(func)
+        if not util.all_float32(sch):
+            return None
+        blocks = util.root_blocks(sch)
+        nested = [b for b in blocks if not isinstance(sch.get(b).body, tirx.BufferStore)]
+        if len(nested) != 1 or not util.is_reduction(sch, nested[0]) or len(sch.get_child_blocks(nested[0])) != 1:
+            return None
+        block = nested[0]
+        stmt = sch.get(block)
+        spatial = sum(1 for it in stmt.iter_vars if it.iter_type == tirx.IterVar.DataPar)
+        loops = sch.get_loops(block)
+        consumers = [b for b in blocks if util.is_after(sch, b, block)]
+        if not consumers or spatial == 0:
+            return None
+        for b in consumers[:-1]:
+            sch.compute_inline(b)
+        sch.reverse_compute_at(consumers[-1], loops[spatial - 1], preserve_unit_loops=True)
         return sch

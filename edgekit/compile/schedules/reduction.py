@@ -10,6 +10,7 @@ Two shapes of kernel come out of LegalizeOps:
   any dims.  ``pooling.SpatialReduction`` keeps the output's last axis innermost and
   runs the reduction loops outside it, so each step is a vector (or an unrolled group of
   independent scalars) of accumulators instead of one serial chain.
+- adaptive pooling with uneven windows (a nested block per output): ``pooling.VariableWindowPool``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,6 @@ from __future__ import annotations
 def rules(cpu) -> list:
     """The reduction rules for cpu (edgekit.compile.schedules.CpuInfo), most specific first."""
     from edgekit.compile.schedules.norm import RowReduction
-    from edgekit.compile.schedules.pooling import SpatialReduction
+    from edgekit.compile.schedules.pooling import SpatialReduction, VariableWindowPool
 
-    return [SpatialReduction(cpu), RowReduction(cpu)]
+    return [SpatialReduction(cpu), RowReduction(cpu), VariableWindowPool(cpu)]
