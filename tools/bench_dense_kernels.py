@@ -116,7 +116,7 @@ def end_to_end():
     }
 
 
-def build_tvm(module, shapes, *, scheduled: bool, fast_math: bool = False):
+def build_tvm(module, shapes, *, scheduled: bool):
     """(vm callable, schedule log) for the module on the host target, with or without edgekit's rules."""
     import tvm
     from tvm import relax
@@ -129,10 +129,6 @@ def build_tvm(module, shapes, *, scheduled: bool, fast_math: bool = False):
     imported = import_model(module, input_shapes=shapes)
     target = resolve_tvm_target(load_target("host"))
     mod = optimize_graph(imported.mod, target)
-    if fast_math:
-        # What edgekit.compile.build.optimize_graph would run for llvm targets if it adopted
-        # relax's FastMathTransform: exp/erf/tanh become polynomials LLVM can vectorize.
-        mod = relax.transform.FastMathTransform()(mod)
     log = ScheduleLog()
     with target:
         if scheduled:
@@ -176,7 +172,17 @@ def timer(fn, min_seconds=0.05):
     return statistics.median(samples)
 
 
-def bench(name, module, shapes, rounds, naive: bool, fast_math: bool):
+def _output(vm, args):
+    got = vm["main"](*args)
+    return got.numpy() if hasattr(got, "numpy") else got[0].numpy()
+
+
+def _rel_error(got, expected) -> float:
+    return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-12))
+
+
+def prepare(name, module, shapes, naive: bool) -> dict:
+    """Everything for one kernel except the fast-math build: the callables to time, the log."""
     import tvm
 
     module = module.eval()
@@ -184,43 +190,47 @@ def bench(name, module, shapes, rounds, naive: bool, fast_math: bool):
     inputs = [rng.standard_normal(s).astype("float32") for s in shapes]
     with torch.no_grad():
         expected = module(*[torch.from_numpy(x) for x in inputs]).numpy()
-    candidates = {}
-    vm, log = build_tvm(module, shapes, scheduled=True)
     args = [tvm.runtime.tensor(x) for x in inputs]
-    got = vm["main"](*args)
-    got = got.numpy() if hasattr(got, "numpy") else got[0].numpy()
-    error = float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-12))
-    candidates["edgekit"] = lambda: vm["main"](*args)
-    if fast_math:
-        vm_fast, _ = build_tvm(module, shapes, scheduled=True, fast_math=True)
-        got_fast = vm_fast["main"](*args)
-        got_fast = got_fast.numpy() if hasattr(got_fast, "numpy") else got_fast[0].numpy()
-        fast_error = float(np.abs(got_fast - expected).max() / max(np.abs(expected).max(), 1e-12))
-        candidates["edgekit_fastmath"] = lambda: vm_fast["main"](*args)
+    vm, log = build_tvm(module, shapes, scheduled=True)
+    case = {"name": name, "module": module, "shapes": shapes, "args": args, "expected": expected, "log": log,
+            "error": _rel_error(_output(vm, args), expected), "candidates": {"edgekit": lambda: vm["main"](*args)}}
     if naive:
         vm0, _ = build_tvm(module, shapes, scheduled=False)
-        candidates["tvm_naive"] = lambda: vm0["main"](*args)
-    candidates["ort"] = ort_session(module, inputs)
+        case["candidates"]["tvm_naive"] = lambda: vm0["main"](*args)
+    case["candidates"]["ort"] = ort_session(module, inputs)
     tensors = [torch.from_numpy(x) for x in inputs]
 
     def eager():
         with torch.no_grad():
             module(*tensors)
 
-    candidates["torch"] = eager
+    case["candidates"]["torch"] = eager
+    return case
+
+
+def add_fast_math(case) -> None:
+    """The same build after edgekit.compile.schedules.fast_math.enable() (process-wide, so last)."""
+    vm, _ = build_tvm(case["module"], case["shapes"], scheduled=True)
+    args = case["args"]
+    case["fast_error"] = _rel_error(_output(vm, args), case["expected"])
+    case["candidates"]["edgekit_fastmath"] = lambda: vm["main"](*args)
+
+
+def measure(case, rounds) -> dict:
+    candidates = case["candidates"]
     times = {k: [] for k in candidates}
     for _ in range(rounds):
         for key, fn in candidates.items():
             times[key].append(timer(fn))
     ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    row = {"kernel": name, "ms": ms, "edgekit_over_ort": ms["edgekit"] / ms["ort"],
-           "max_rel_error": error, "schedules": log.to_dict()}
-    if fast_math:
+    row = {"kernel": case["name"], "ms": ms, "edgekit_over_ort": ms["edgekit"] / ms["ort"],
+           "max_rel_error": case["error"], "schedules": case["log"].to_dict()}
+    if "edgekit_fastmath" in ms:
         row["fastmath_over_ort"] = ms["edgekit_fastmath"] / ms["ort"]
-        row["fastmath_max_rel_error"] = fast_error
-    print(f"{name:40s} " + " ".join(f"{k}={v:.4f}ms" for k, v in ms.items())
-          + f"  edgekit/ort={row['edgekit_over_ort']:.2f}  err={error:.1e}  unscheduled={log.unscheduled}",
-          flush=True)
+        row["fastmath_max_rel_error"] = case["fast_error"]
+    print(f"{case['name']:40s} " + " ".join(f"{k}={v:.4f}ms" for k, v in ms.items())
+          + f"  edgekit/ort={row['edgekit_over_ort']:.2f}  err={case['error']:.1e}  "
+          f"unscheduled={case['log'].unscheduled}", flush=True)
     return row
 
 
@@ -253,9 +263,9 @@ def markdown(doc) -> str:
     lines = ["# Dense / reduction kernels: edgekit default schedules vs ONNX Runtime", "",
              f"{m['cpu']}, ISA {m['isa']} (mcpu {m['mcpu']}, {m['f32_lanes']} f32 lanes), 1 thread, "
              f"TVM {m['tvm']}, ORT {m['onnxruntime']}, torch {m['torch']}. {m['note']}.", "",
-             "edgekit = what edgekit ships today (default schedules). +fastmath = the same plus relax's "
-             "FastMathTransform before legalization (exp/erf as vectorizable polynomials), a proposed "
-             "change to edgekit.compile.build.optimize_graph.", "",
+             "edgekit = what edgekit ships today (default schedules). +fastmath = the same build after "
+             "edgekit.compile.schedules.fast_math.enable() (exp and erf lowered to vectorizable polynomials "
+             "instead of scalar libm calls), a proposed change to edgekit.compile.build.", "",
              "| kernel | edgekit ms | +fastmath ms | ORT ms | torch ms | TVM naive ms | edgekit / ORT | "
              "+fastmath / ORT | max rel err (+fastmath) | rules |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
@@ -279,16 +289,20 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", default="", help="substring of the kernel names to run")
     parser.add_argument("--no-naive", action="store_true", help="skip the unscheduled TVM build (slow kernels)")
-    parser.add_argument("--no-fast-math", action="store_true", help="skip the FastMathTransform column")
+    parser.add_argument("--no-fast-math", action="store_true", help="skip the fast exp/erf column")
     parser.add_argument("--out", default=str(ROOT / "tools" / "results" / "bench_dense_kernels"))
     args = parser.parse_args()
     doc = {"machine": machine(), "rows": []}
-    cases = {**kernels(), **end_to_end()}
-    for name, (module, shapes) in cases.items():
-        if args.only and args.only not in name:
-            continue
-        doc["rows"].append(bench(name, module, shapes, args.rounds, naive=not args.no_naive,
-                                 fast_math=not args.no_fast_math))
+    cases = [prepare(name, module, shapes, naive=not args.no_naive)
+             for name, (module, shapes) in {**kernels(), **end_to_end()}.items()
+             if not args.only or args.only in name]
+    if not args.no_fast_math:
+        from edgekit.compile.schedules import fast_math
+
+        fast_math.enable()
+        for case in cases:
+            add_fast_math(case)
+    doc["rows"] = [measure(case, args.rounds) for case in cases]
     if not args.only:
         Path(args.out + ".json").write_text(json.dumps(doc, indent=2) + "\n")
         Path(args.out + ".md").write_text(markdown(doc))
