@@ -203,3 +203,37 @@ def test_host_transformer_manifest_has_no_unscheduled_kernel_of_the_family(tmp_p
     schedules = artifact.manifest["schedules"]
     assert {"Matmul", "RowReduction", "SpatialReduction"} <= set(schedules["by_rule"])
     assert not [k for k in schedules["unscheduled"] if FAMILY_KERNEL.search(k)], schedules
+
+
+_FAST_MATH_CHECK = """
+import numpy as np, torch, tvm
+from torch import nn
+from tvm import relax
+from edgekit.compile.schedules import fast_math
+from edgekit.compile.build import cpu_pipeline, optimize_graph, resolve_tvm_target
+from edgekit.compile.frontend import import_model
+from edgekit.targets import load_target
+fast_math.enable()
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(16, 24), nn.GELU(), nn.Softmax(dim=-1)).eval()
+x = (np.random.default_rng(0).standard_normal((5, 16)) * 4).astype("float32")
+target = resolve_tvm_target(load_target("host"))
+mod = optimize_graph(import_model(model, input_shapes=[(5, 16)]).mod, target)
+with target:
+    exe = tvm.compile(mod, target, relax_pipeline=cpu_pipeline(target))
+got = relax.VirtualMachine(exe, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+expected = model(torch.from_numpy(x)).detach().numpy()
+print("ERR", float(np.abs(got - expected).max() / np.abs(expected).max()))
+"""
+
+
+def test_fast_exp_erf_lowering_matches_torch():
+    # A subprocess: the lowering is registered process-wide and must not leak into other tests.
+    import os
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _FAST_MATH_CHECK], capture_output=True, text=True,
+                            env={**os.environ, "TVM_NUM_THREADS": "1"}, timeout=300)
+    errors = [line for line in result.stdout.splitlines() if line.startswith("ERR ")]
+    assert errors, result.stderr[-2000:]
+    assert float(errors[0].split()[1]) < 1e-5

@@ -22,11 +22,11 @@ _ENABLED = False
 _LEVEL = 120
 
 
-def _fast_exp(x):
-    tvm = import_tvm()
+def _fast_exp(x, dtype):
     from tvm import tirx
 
     f32 = "float32"
+    lanes = dtype[len("float32"):]  # "" or "x8": a vectorized call
 
     def c(v):
         return tirx.const(v, f32)
@@ -38,13 +38,12 @@ def _fast_exp(x):
     for coefficient in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
         p = p * g + c(coefficient)
     p = p * g * g + g + c(1.0)
-    exponent = tirx.reinterpret(f32, tirx.shift_left(tirx.Cast("int32", n) + tirx.const(127, "int32"),
-                                                     tirx.const(23, "int32")))
-    del tvm
+    exponent = tirx.reinterpret(dtype, tirx.shift_left(tirx.Cast("int32" + lanes, n) + tirx.const(127, "int32"),
+                                                       tirx.const(23, "int32")))
     return p * exponent
 
 
-def _fast_erf(x):
+def _fast_erf(x, _dtype):
     from tvm import tirx
 
     f32 = "float32"
@@ -65,12 +64,21 @@ def _fast_erf(x):
     return x * p / q
 
 
-def _lowering(fast):
+def _dtype(expr) -> str:
+    ty = getattr(expr, "ty", None)
+    return str(getattr(ty, "dtype", None) or getattr(expr, "dtype", ""))
+
+
+def _lowering(fast, llvm_intrinsic):
     def lower(call):
+        from tvm import tirx
+
         arg = call.args[0]
-        if str(getattr(arg.ty, "dtype", "")) != "float32":
-            return call  # float64 and others keep libm
-        return fast(arg)
+        dtype = _dtype(call) or _dtype(arg)
+        if dtype.startswith("float32"):
+            return fast(arg, dtype)
+        # Other types: what TVM's own llvm rule does (this registration replaced it).
+        return tirx.call_llvm_pure_intrin(dtype, llvm_intrinsic, tirx.const(1, "uint32"), arg)
 
     return lower
 
@@ -83,6 +91,6 @@ def enable() -> None:
     import_tvm()
     from tvm.tirx.op import register_intrin_lowering
 
-    register_intrin_lowering("tirx.exp", target="llvm", f=_lowering(_fast_exp), level=_LEVEL)
-    register_intrin_lowering("tirx.erf", target="llvm", f=_lowering(_fast_erf), level=_LEVEL)
+    register_intrin_lowering("tirx.exp", target="llvm", f=_lowering(_fast_exp, "llvm.exp"), level=_LEVEL)
+    register_intrin_lowering("tirx.erf", target="llvm", f=_lowering(_fast_erf, "llvm.erf"), level=_LEVEL)
     _ENABLED = True
