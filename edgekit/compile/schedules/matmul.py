@@ -14,6 +14,14 @@ epilogue blocks (bias add, GELU, residual add, reshape).  One rule covers them a
 - the epilogue chain is inlined into one block computed at ``i_outer``, so bias/GELU/
   residual are applied to the tile while it is still in registers (no second pass over C).
 
+TVM's ``dl.cpu.GEMV`` is not used: it returns None for nn.Linear 1x1280->1000 as it arrives
+here (weight folded to ``[K, N]``; it wants the reduction on B's contiguous axis).  The tile
+below with one row and 4 vectors ran that GEMV at 0.7-0.9x ONNX Runtime.
+
+Columns off the vector grid (attention's 197 keys) are padded to whole tiles with
+``pad_einsum``: a predicate on the vector lanes scalarized the tile (20x ORT), the padded
+copy costs a few percent.
+
 A "NT" operand (``B[.., j, k]``, e.g. q @ k^T when the transpose was not materialized) is
 first copied into a ``[.., k, j]`` buffer so the inner loop reads it contiguously.
 """
