@@ -153,8 +153,10 @@ class Matmul(CPUScheduleRule):
         tiles = tile.tiles if shape.m > 1 else tile.gemv_tiles
         block = shape.block
         if shape.n % lanes == 0:
-            while tiles > 1 and shape.n % (tiles * lanes):
-                tiles -= 1
+            # GEMV: one row, so the tile's vectors are the only independent FMA chains; 1000 columns
+            # (125 vectors) would fall to 1 chain (latency-bound) without trying 5.
+            choices = (tiles, 5, 6, 8, 3, 2, 1) if shape.m == 1 else range(tiles, 0, -1)
+            tiles = next(t for t in choices if shape.n % (t * lanes) == 0)
         else:
             # Off the vector grid (attention's 197 keys): pad the columns to whole tiles.  A predicate
             # on the vector lanes instead scalarized the tile (bmm 3x197x64x197: 20x ORT vs ~1x padded).
