@@ -55,7 +55,12 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
     tvm = import_tvm()
     tvm_target = resolve_tvm_target(profile)
     tolerance = {**DEFAULT_TOLERANCE, **(tolerance or {})}
-    tuning_dir, tuning_digest, tuning_applied = _tuning_for(imported.mod, profile, tvm_target, tuning)
+    from edgekit.compile.build import optimize_graph
+
+    # The graph passes run once: the tuning lookup and the build share their result.
+    optimized = optimize_graph(imported.mod, tvm_target)
+    plan = _tuning_for(optimized, profile, tvm_target, tuning)
+    tuning_digest = plan.digest if plan is not None else None
     key = {
         "model": imported.content_sha256,
         "frontend": imported.frontend,
@@ -84,16 +89,11 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
     work_dir = Path(tempfile.mkdtemp(prefix=f".{artifact_id}.", dir=out_root))
     try:
         with step(f"building for {profile.name}"):
-            database = None
-            if tuning_digest is not None:
-                from edgekit.compile.tune import open_database
-
-                database = open_database(tuning_dir)
             from edgekit.compile.schedules import ScheduleLog
 
             schedule_log = ScheduleLog()
-            build_library(imported.mod, profile, work_dir / LIBRARY_NAME, tuning_database=database,
-                          schedule_log=schedule_log)
+            build_library(optimized, profile, work_dir / LIBRARY_NAME, graph_optimized=True,
+                          tuning_database=plan.database if plan is not None else None, schedule_log=schedule_log)
         inputs = reference_inputs if reference_inputs is not None else _seeded_inputs(imported.inputs)
         outputs = imported.reference(inputs)
         np.savez(work_dir / REFERENCE_NAME, **{f"in{i}": a for i, a in enumerate(inputs)},
@@ -103,8 +103,9 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
         if profile.kind == "cpu":
             manifest["schedules"] = schedule_log.to_dict()
         if tuning_digest is not None:
-            manifest["tuning"] = {"database": str(tuning_dir), "records_sha256": tuning_digest,
-                                  "kernels_tuned": tuning_applied}
+            manifest["tuning"] = {"database": str(plan.database_dir), "records_sha256": tuning_digest,
+                                  "kernels_tuned": len(plan.applied),
+                                  "kept_out_slower_than_default": plan.kept_out}
         (work_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         if final_dir.exists():
             shutil.rmtree(final_dir)
@@ -114,11 +115,17 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
     return CompiledArtifact.open(final_dir)
 
 
-def _tuning_for(mod, profile, tvm_target, tuning):
-    """(database dir, digest of the records a build applies, how many) or (None, None, 0)."""
+def _tuning_for(optimized_mod, profile, tvm_target, tuning):
+    """The tuning records a build of ``optimized_mod`` (after the graph passes) applies, or None.
+
+    A tuning_db.BuildPlan: the records chosen per kernel (anchor-block match, those measured
+    slower than the default schedule kept out), their digest for the artifact id, and the
+    database the build hands to MetaScheduleApplyDatabase.
+    """
     if tuning is None or tuning is False or profile.kind != "cpu":
-        return None, None, 0  # GPU targets keep TVM's DLight schedules
-    from edgekit.compile.tune import applied_records_digest, find_database
+        return None  # GPU targets keep TVM's DLight schedules
+    from edgekit.compile.tune import plan_for_build
+    from edgekit.compile.tuning_db import find_database
 
     if tuning == "auto":
         path = find_database(profile, tvm_target)
@@ -127,9 +134,9 @@ def _tuning_for(mod, profile, tvm_target, tuning):
         if not path.is_dir():
             raise CompileError(f"tuning database {path} does not exist", hint="run `edgekit tune` first")
     if path is None:
-        return None, None, 0
-    digest, applied = applied_records_digest(mod, tvm_target, path)
-    return (path, digest, applied) if digest else (None, None, 0)
+        return None
+    plan = plan_for_build(optimized_mod, tvm_target, path, graph_optimized=True)
+    return plan if plan.digest is not None else None
 
 
 def _seeded_inputs(specs) -> list[np.ndarray]:
