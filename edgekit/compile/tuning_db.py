@@ -343,3 +343,26 @@ def save_cost_model(model, db_path: Path) -> bool:
 def cost_model_stats(model) -> dict:
     return {"loaded_samples": model.loaded_samples, "samples": model.data_size,
             "random_predictions": model.random_predictions, "model_predictions": model.model_predictions}
+
+
+# -------------------------------------------------------------------------------- for caches of measurements
+
+
+def schedule_state(profile, tvm_target=None) -> str:
+    """Names the schedules a build for ``profile`` gets today: changes when a tuning run adds or
+    keeps out records, or when edgekit's default schedules change.
+
+    For caches of measured latency (the optimize loop's latency table): a row measured before
+    ``edgekit tune`` ran is not what a build ships after it.
+    """
+    from edgekit.__about__ import __version__
+    from edgekit.compile import PIPELINE_VERSION
+
+    state: dict = {"edgekit": __version__, "pipeline": PIPELINE_VERSION, "database": None}
+    path = find_database(profile, tvm_target) if profile.kind == "cpu" else None
+    if path is not None:
+        records = path / DATABASE_FILES[1]
+        slower = path / SLOWER_THAN_DEFAULT_FILE
+        state["database"] = {"path": str(path), "records_bytes": records.stat().st_size,
+                             "slower": read_json(slower) if slower.is_file() else {}}
+    return _fingerprint(state)
