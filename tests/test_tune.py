@@ -223,8 +223,8 @@ def test_a_record_slower_than_the_default_is_not_applied(tuned, tmp_path, capsys
     path = tmp_path / "conv.pt2"
     torch.export.save(torch.export.export(_conv_model(), (torch.randn(*SHAPE),)), str(path))
     capsys.readouterr()
-    code = main(["tune", "--model", str(path), "--target", "host", "--trials", "2", "--database", str(db_copy),
-                 "--json"])
+    code = main(["tune", "--model", str(path), "--target", "host", "--trials", "1", "--resume",
+                 "--database", str(db_copy), "--json"])  # --resume --trials 1: measure, tune nothing
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["stopped_by"] == "nothing_to_do" and out["trials_run"] == 0
@@ -233,7 +233,10 @@ def test_a_record_slower_than_the_default_is_not_applied(tuned, tmp_path, capsys
     assert slow["applied"] is False and slow["gain_us"] == 0.0
     assert slow["tuned_us"] > slow["default_us"] > 0, slow
     kept = json.loads((db_copy / "slower_than_default.json").read_text())
-    assert [v["task"] for v in kept.values()].count(transpose.task_name) == 1
+    # Listed by record (MetaSchedule's own record for this transpose may be listed too: at one thread its
+    # parallel + vectorized transposes measured 10-20x slower than the plain loop here).
+    assert any(v["task"] == transpose.task_name and abs(v["tuned_us"] - slow["tuned_us"]) < 0.01
+               for v in kept.values()), kept
     for task in out["tasks"]:  # every kernel with a record is measured against the default schedule
         if task["trials"]:
             assert task["default_us"] is not None and ("tuned_us" in task)

@@ -55,11 +55,7 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
     tvm = import_tvm()
     tvm_target = resolve_tvm_target(profile)
     tolerance = {**DEFAULT_TOLERANCE, **(tolerance or {})}
-    from edgekit.compile.build import optimize_graph
-
-    # The graph passes run once: the tuning lookup and the build share their result.
-    optimized = optimize_graph(imported.mod, tvm_target)
-    plan = _tuning_for(optimized, profile, tvm_target, tuning)
+    plan, optimized = _tuning_for(imported.mod, profile, tvm_target, tuning)
     tuning_digest = plan.digest if plan is not None else None
     key = {
         "model": imported.content_sha256,
@@ -92,8 +88,10 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
             from edgekit.compile.schedules import ScheduleLog
 
             schedule_log = ScheduleLog()
-            build_library(optimized, profile, work_dir / LIBRARY_NAME, graph_optimized=True,
-                          tuning_database=plan.database if plan is not None else None, schedule_log=schedule_log)
+            # The graph passes ran once already when a database was consulted: the build reuses them.
+            build_library(optimized if optimized is not None else imported.mod, profile, work_dir / LIBRARY_NAME,
+                          graph_optimized=optimized is not None, schedule_log=schedule_log,
+                          tuning_database=plan.database if plan is not None else None)
         inputs = reference_inputs if reference_inputs is not None else _seeded_inputs(imported.inputs)
         outputs = imported.reference(inputs)
         np.savez(work_dir / REFERENCE_NAME, **{f"in{i}": a for i, a in enumerate(inputs)},
@@ -115,15 +113,17 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
     return CompiledArtifact.open(final_dir)
 
 
-def _tuning_for(optimized_mod, profile, tvm_target, tuning):
-    """The tuning records a build of ``optimized_mod`` (after the graph passes) applies, or None.
+def _tuning_for(mod, profile, tvm_target, tuning):
+    """(the records a build applies, ``mod`` after the graph passes), or (None, None) without a database.
 
-    A tuning_db.BuildPlan: the records chosen per kernel (anchor-block match, those measured
-    slower than the default schedule kept out), their digest for the artifact id, and the
-    database the build hands to MetaScheduleApplyDatabase.
+    The plan is a tuning_db.BuildPlan: the record chosen per kernel (anchor-block match, those
+    measured slower than the default schedule kept out), their digest for the artifact id
+    (None when no record concerns this model), and the database the build hands to
+    MetaScheduleApplyDatabase.  The graph passes run here, once; the build takes their result.
     """
     if tuning is None or tuning is False or profile.kind != "cpu":
-        return None  # GPU targets keep TVM's DLight schedules
+        return None, None  # GPU targets keep TVM's DLight schedules
+    from edgekit.compile.build import optimize_graph
     from edgekit.compile.tune import plan_for_build
     from edgekit.compile.tuning_db import find_database
 
@@ -134,9 +134,9 @@ def _tuning_for(optimized_mod, profile, tvm_target, tuning):
         if not path.is_dir():
             raise CompileError(f"tuning database {path} does not exist", hint="run `edgekit tune` first")
     if path is None:
-        return None
-    plan = plan_for_build(optimized_mod, tvm_target, path, graph_optimized=True)
-    return plan if plan.digest is not None else None
+        return None, None
+    optimized = optimize_graph(mod, tvm_target)
+    return plan_for_build(optimized, tvm_target, path, graph_optimized=True), optimized
 
 
 def _seeded_inputs(specs) -> list[np.ndarray]:

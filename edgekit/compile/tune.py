@@ -170,7 +170,7 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
     from edgekit.compile.build import check_toolchain, resolve_tvm_target
     from edgekit.compile.frontend import import_model
     from edgekit.compile.tune_gain import measure_gains
-    from edgekit.compile.tune_workers import builder_and_runner, worker_environment
+    from edgekit.compile.tune_workers import Measurer, worker_environment
     from edgekit.targets import load_target
 
     say = log or (lambda message: None)
@@ -217,7 +217,7 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
         if resume:
             say(f"resume: {recorded} trials already recorded, {max(budget, 0)} to go")
 
-        builder, runner = builder_and_runner(tvm_target, profile, session)
+        measurer = Measurer(tvm_target, profile, session)
         started = time.monotonic()
         monitor = None
         model_stats: dict[str, Any] = {}
@@ -225,9 +225,9 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
             if to_tune and budget > 0:
                 monitor, model_stats = _search(to_tune, tvm_target, db_path, database, budget,
                                                trials_per_iter or _trials_per_iter(budget, len(to_tune)),
-                                               builder, runner, time_budget_s, say)
+                                               measurer, time_budget_s, say)
             elapsed = time.monotonic() - started
-            gains = measure_gains(tasks, db_path, tvm_target, builder, runner, say)
+            gains = measure_gains(tasks, db_path, tvm_target, measurer, say)
         if monitor is None:
             stopped = "nothing_to_do"
         elif monitor.out_of_time:
@@ -244,7 +244,7 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
             session.close()
 
 
-def _search(to_tune, tvm_target, db_path, database, budget, per_iter, builder, runner, time_budget_s, say):
+def _search(to_tune, tvm_target, db_path, database, budget, per_iter, measurer, time_budget_s, say):
     """MetaSchedule's search over ``to_tune``; the cost model is reloaded before and saved after."""
     from edgekit.compile import tuning_db
     from edgekit.compile.tune_progress import Monitor
@@ -255,7 +255,8 @@ def _search(to_tune, tvm_target, db_path, database, budget, per_iter, builder, r
     if cost_model.loaded_samples:
         say(f"cost model reloaded from the database ({cost_model.loaded_samples} earlier measurements)")
     try:
-        run_search(to_tune, tvm_target, db_path, database, budget, per_iter, monitor, builder, runner, cost_model)
+        run_search(to_tune, tvm_target, db_path, database, budget, per_iter, monitor, measurer.builder,
+                   measurer.runner, cost_model)
     finally:
         tuning_db.save_cost_model(cost_model, db_path)  # the measurements of an interrupted run count too
     if monitor.ok == 0:

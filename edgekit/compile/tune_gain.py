@@ -71,7 +71,7 @@ def apply_record(mod, record, tvm_target):
     return sch.mod
 
 
-def measure_gains(tasks, db_path: Path, tvm_target, builder, runner, say) -> list[KernelGain]:
+def measure_gains(tasks, db_path: Path, tvm_target, measurer, say) -> list[KernelGain]:
     """Default vs tuned time of every task with a record; updates the database's slower-than-default list."""
     import_tvm()
     from tvm.s_tir import meta_schedule as ms
@@ -104,7 +104,7 @@ def measure_gains(tasks, db_path: Path, tvm_target, builder, runner, say) -> lis
     if to_measure:
         say(f"measuring {len(to_measure)} kernels: default schedules vs the best records")
         inputs = list(to_measure.items())
-        built = builder.build([ms.builder.BuilderInput(m, tvm_target) for _, m in inputs])
+        built = measurer.builder.build([ms.builder.BuilderInput(m, tvm_target) for _, m in inputs])
         runs, keys = [], []
         for (key, m), result in zip(inputs, built):
             if result.error_msg:
@@ -113,7 +113,7 @@ def measure_gains(tasks, db_path: Path, tvm_target, builder, runner, say) -> lis
             runs.append(ms.runner.RunnerInput(result.artifact_path, "cpu",
                                               ms.arg_info.ArgInfo.from_prim_func(m["main"])))
             keys.append(key)
-        for key, future in zip(keys, runner.run(runs)):
+        for key, future in zip(keys, measurer.runner.run(runs)):
             result = future.result()
             if result.error_msg or not result.run_secs:
                 errors[key] = str(result.error_msg).strip().splitlines()[-1][:200]

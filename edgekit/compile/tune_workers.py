@@ -42,21 +42,43 @@ def export_shared(mod, compiler: str | None = None) -> str:
     return path
 
 
-def builder_and_runner(tvm_target, profile, session):
-    """The builder (candidates built here) and runner (measured here, or on the device of ``session``)."""
-    import functools
+class Measurer:
+    """The builder (candidates built here) and runner (measured here, or on the device of ``session``).
 
-    import_tvm()
-    from tvm.s_tir import meta_schedule as ms
+    Made on first use: LocalBuilder and LocalRunner each start a worker process to check
+    themselves (10-20 s on this loaded 2-core machine), which a run with nothing to measure
+    should not pay.
+    """
 
-    builder = ms.builder.LocalBuilder(
-        max_workers=num_cores(tvm_target) if session is None else max(1, os.cpu_count() or 1),
-        timeout_sec=BUILD_TIMEOUT_S, f_build=build_candidate,
-        f_export=functools.partial(export_shared, compiler=profile.cross_compiler) if session else None)
-    runner = session.runner() if session else ms.runner.LocalRunner(
-        timeout_sec=RUN_TIMEOUT_S, evaluator_config=ms.runner.EvaluatorConfig(
-            number=5, repeat=3, min_repeat_ms=50, enable_cpu_cache_flush=False))
-    return builder, runner
+    def __init__(self, tvm_target, profile, session):
+        self.tvm_target, self.profile, self.session = tvm_target, profile, session
+        self._builder = self._runner = None
+
+    @property
+    def builder(self):
+        if self._builder is None:
+            import functools
+
+            import_tvm()
+            from tvm.s_tir import meta_schedule as ms
+
+            self._builder = ms.builder.LocalBuilder(
+                max_workers=num_cores(self.tvm_target) if self.session is None else max(1, os.cpu_count() or 1),
+                timeout_sec=BUILD_TIMEOUT_S, f_build=build_candidate,
+                f_export=functools.partial(export_shared, compiler=self.profile.cross_compiler)
+                if self.session else None)
+        return self._builder
+
+    @property
+    def runner(self):
+        if self._runner is None:
+            import_tvm()
+            from tvm.s_tir import meta_schedule as ms
+
+            self._runner = self.session.runner() if self.session else ms.runner.LocalRunner(
+                timeout_sec=RUN_TIMEOUT_S, evaluator_config=ms.runner.EvaluatorConfig(
+                    number=5, repeat=3, min_repeat_ms=50, enable_cpu_cache_flush=False))
+        return self._runner
 
 
 def num_cores(tvm_target) -> int:
