@@ -333,10 +333,14 @@ def save_cost_model(model, db_path: Path) -> bool:
     if model.booster is None:
         return False
     tmp = db_path / (COST_MODEL_FILE + ".tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.save(str(tmp))
-    os.replace(tmp, db_path / COST_MODEL_FILE)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.save(str(tmp))
+        os.replace(tmp, db_path / COST_MODEL_FILE)
+    except Exception:  # only a cache: the records are already safe, the next run starts colder
+        tmp.unlink(missing_ok=True)
+        return False
     return True
 
 
