@@ -50,6 +50,9 @@ def test_tuning_through_an_ssh_tunnel_records_and_speeds_up(device, cache, tmp_p
     meta = json.loads((report.database_dir / "fingerprint.json").read_text())
     assert meta["device"]["machine"] and meta["fingerprint"] == report.fingerprint
     assert report.database_dir.parent == cache / "tuning" / "host"
+    conv = next(t for t in report.tasks if "conv2d" in t.name)  # measured against the default on the device
+    assert conv.gain is not None and conv.gain.default_us and conv.gain.tuned_us, conv
+    assert (report.database_dir / "cost_model.tar").is_file()
 
     deadline = time.monotonic() + 15
     while device_processes(device) and time.monotonic() < deadline:

@@ -3,8 +3,12 @@
     edgekit tune --model zoo:fmnist-resnet --target host --trials 200 --time-budget-s 1200
     edgekit tune --model m.pt2 --target rpi4 --host pi@board --trials 200     # measured on the board
     edgekit tune ... --resume        # --trials is then the total, trials already recorded included
+    edgekit tune ... --refine        # search kernels the database already has records for, too
 
-Every later ``edgekit compile`` for that target applies the database by itself.
+Kernels the target's database already has (tuned for any model) are not tuned again.  The
+report gives, per kernel, the default schedule's time, the record's, and the time gained;
+records slower than the default are kept out of builds.  Every later ``edgekit compile``
+for that target applies the database by itself.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ def register(subparsers) -> None:
                         help="stop after the batch that crosses S seconds of tuning")
     parser.add_argument("--resume", action="store_true",
                         help="count trials already in the database towards --trials (continue an interrupted run)")
+    parser.add_argument("--refine", action="store_true",
+                        help="also search kernels that already have records (default: only kernels the database lacks)")
     parser.add_argument("--database", metavar="DIR", default=None,
                         help="database directory (default: $EDGEKIT_CACHE/tuning/<target>/<fingerprint>)")
     parser.add_argument("--threads", type=int, default=None,
@@ -51,14 +57,26 @@ def run(args) -> int:
     if args.host:
         remote_options = {**connect_kwargs(args), "root": args.root}
     report = tune_model(args.model, profile, trials=args.trials, time_budget_s=args.time_budget_s,
-                        resume=args.resume, host=args.host[0] if args.host else None, input_shapes=shapes,
+                        resume=args.resume, refine=args.refine, host=args.host[0] if args.host else None, input_shapes=shapes,
                         frontend=args.frontend, database_path=args.database, threads=args.threads, log=info,
                         **remote_options)
     if args.json:
         emit_json(report.to_dict())
     else:
+        info(f"  {'kernel':44s} {'status':11s} {'trials':>6s} {'default':>10s} {'tuned':>10s} {'gain':>10s}")
         for task in report.tasks:
-            best = f"{task.best_us:10.1f} us" if task.best_us is not None else "     (none)"
-            info(f"  {task.name[:50]:50s} x{task.weight:g}  {task.trials:4d} trials  best {best}")
+            gain = task.gain
+            default = _us(gain.default_us if gain else None)
+            tuned = _us(gain.tuned_us if gain else task.best_us)
+            saved = _us(gain.gain_us) if gain and gain.applied else ("kept out" if gain else "")
+            info(f"  {task.name[:44]:44s} {task.status:11s} {task.trials_this_run:6d} {default:>10s} {tuned:>10s} "
+                 f"{saved:>10s}")
+        total = report.default_kernels_us
+        info(f"  kernel time gained over the default schedules: {report.kernel_gain_us:.1f} us per inference"
+             + (f" (of {total:.1f} us)" if total else ""))
         print(report.database_dir)
     return 0
+
+
+def _us(value) -> str:
+    return f"{value:.1f} us" if value is not None else "-"

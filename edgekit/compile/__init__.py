@@ -64,7 +64,8 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
     tvm = import_tvm()
     tvm_target = resolve_tvm_target(profile)
     tolerance = {**DEFAULT_TOLERANCE, **(tolerance or {})}
-    tuning_dir, tuning_digest, tuning_applied = _tuning_for(imported.mod, profile, tvm_target, tuning)
+    plan, optimized = _tuning_for(imported.mod, profile, tvm_target, tuning)
+    tuning_digest = plan.digest if plan is not None else None
     key = {
         "model": imported.content_sha256,
         "frontend": imported.frontend,
@@ -93,16 +94,13 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
     work_dir = Path(tempfile.mkdtemp(prefix=f".{artifact_id}.", dir=out_root))
     try:
         with step(f"building for {profile.name}"):
-            database = None
-            if tuning_digest is not None:
-                from edgekit.compile.tune import open_database
-
-                database = open_database(tuning_dir)
             from edgekit.compile.schedules import ScheduleLog
 
             schedule_log = ScheduleLog()
-            build_library(imported.mod, profile, work_dir / LIBRARY_NAME, tuning_database=database,
-                          schedule_log=schedule_log)
+            # The graph passes ran once already when a database was consulted: the build reuses them.
+            build_library(optimized if optimized is not None else imported.mod, profile, work_dir / LIBRARY_NAME,
+                          graph_optimized=optimized is not None, schedule_log=schedule_log,
+                          tuning_database=plan.database if plan is not None else None)
         inputs = reference_inputs if reference_inputs is not None else _seeded_inputs(imported.inputs)
         outputs = imported.reference(inputs)
         np.savez(work_dir / REFERENCE_NAME, **{f"in{i}": a for i, a in enumerate(inputs)},
@@ -112,8 +110,9 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
         if profile.kind == "cpu":
             manifest["schedules"] = schedule_log.to_dict()
         if tuning_digest is not None:
-            manifest["tuning"] = {"database": str(tuning_dir), "records_sha256": tuning_digest,
-                                  "kernels_tuned": tuning_applied}
+            manifest["tuning"] = {"database": str(plan.database_dir), "records_sha256": tuning_digest,
+                                  "kernels_tuned": len(plan.applied),
+                                  "kept_out_slower_than_default": plan.kept_out}
         (work_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         if final_dir.exists():
             shutil.rmtree(final_dir)
@@ -124,10 +123,18 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
 
 
 def _tuning_for(mod, profile, tvm_target, tuning):
-    """(database dir, digest of the records a build applies, how many) or (None, None, 0)."""
+    """(the records a build applies, ``mod`` after the graph passes), or (None, None) without a database.
+
+    The plan is a tuning_db.BuildPlan: the record chosen per kernel (anchor-block match, those
+    measured slower than the default schedule kept out), their digest for the artifact id
+    (None when no record concerns this model), and the database the build hands to
+    MetaScheduleApplyDatabase.  The graph passes run here, once; the build takes their result.
+    """
     if tuning is None or tuning is False or profile.kind != "cpu":
-        return None, None, 0  # GPU targets keep TVM's DLight schedules
-    from edgekit.compile.tune import applied_records_digest, find_database
+        return None, None  # GPU targets keep TVM's DLight schedules
+    from edgekit.compile.build import optimize_graph
+    from edgekit.compile.tune import plan_for_build
+    from edgekit.compile.tuning_db import find_database
 
     if tuning == "auto":
         path = find_database(profile, tvm_target)
@@ -136,9 +143,9 @@ def _tuning_for(mod, profile, tvm_target, tuning):
         if not path.is_dir():
             raise CompileError(f"tuning database {path} does not exist", hint="run `edgekit tune` first")
     if path is None:
-        return None, None, 0
-    digest, applied = applied_records_digest(mod, tvm_target, path)
-    return (path, digest, applied) if digest else (None, None, 0)
+        return None, None
+    optimized = optimize_graph(mod, tvm_target)
+    return plan_for_build(optimized, tvm_target, path, graph_optimized=True), optimized
 
 
 def _seeded_inputs(specs) -> list[np.ndarray]:

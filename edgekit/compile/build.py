@@ -153,19 +153,23 @@ def cpu_pipeline(target, *, database=None, schedule_log=None):
     return _pipeline
 
 
-def build_library(mod, profile: TargetProfile, library_path: Path, *, tuning_database=None, schedule_log=None):
+def build_library(mod, profile: TargetProfile, library_path: Path, *, tuning_database=None, schedule_log=None,
+                  graph_optimized: bool = False):
     """Compile ``mod`` for ``profile`` and write the shared library to ``library_path``.
 
     ``tuning_database`` (a MetaSchedule database, see edgekit.compile.tune) replaces the
     default schedules of the kernels it has records for; edgekit's rules schedule the
     others (CPU targets).  ``schedule_log`` receives what scheduled each kernel.
+    ``graph_optimized``: ``mod`` already went through ``optimize_graph`` (compile_model runs
+    it once for the tuning lookup and the build).
     """
     tvm = import_tvm()
     from tvm import relax
 
     check_toolchain(profile)
     target = resolve_tvm_target(profile)
-    mod = optimize_graph(mod, target)
+    if not graph_optimized:
+        mod = optimize_graph(mod, target)
     previous_mode = os.environ.get("TVM_CUDA_COMPILE_MODE")
     if profile.kind == "cuda":
         os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"  # nvrtc needs cuda-bindings and a driver

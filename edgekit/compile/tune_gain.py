@@ -1,0 +1,140 @@
+"""What tuning bought over edgekit's default schedules, kernel by kernel; records that lose are kept out.
+
+For every task of the model that has a record, two builds of the same workload are measured
+in one batch, with the tuning runner (this machine, or the device over the tunnel), so under
+the same conditions: the default schedule (edgekit's rules, exactly what a build without the
+record ships) and the best record applied the way a build applies it (its trace, or for an
+anchor-block match, the anchor trace transferred).  A record slower than the default goes
+into ``slower_than_default.json`` and builds do not apply it, so tuning never makes a build
+slower.  Times are cached in ``kernel_times.json`` by the text of the scheduled kernel: a
+rule change or a new record is measured again, nothing else is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekit.compile.tuning_db import (KERNEL_TIMES_FILE, SLOWER_THAN_DEFAULT_FILE, best_record, module_key,
+                                       open_database, read_json, record_key, record_us, write_json)
+from edgekit.compile.tvm_env import import_tvm
+
+
+@dataclass
+class KernelGain:
+    name: str
+    weight: float
+    default_us: float | None  # edgekit's default schedule, measured now
+    tuned_us: float | None  # the best record, applied as a build applies it, measured now
+    record_us: float  # what MetaSchedule measured for the record while tuning
+    applied: bool  # False: slower than the default (or failed to build), builds keep the default
+    error: str | None = None
+
+    @property
+    def gain_us(self) -> float:
+        """Time saved per inference (weight x per-call saving); 0 when the record is not applied."""
+        if not self.applied or self.default_us is None or self.tuned_us is None:
+            return 0.0
+        return self.weight * (self.default_us - self.tuned_us)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "weight": self.weight, "default_us": _round(self.default_us),
+                "tuned_us": _round(self.tuned_us), "record_us": _round(self.record_us), "applied": self.applied,
+                "gain_us": round(self.gain_us, 3), "error": self.error}
+
+
+def _round(value):
+    return None if value is None else round(value, 3)
+
+
+def default_schedule(mod, tvm_target):
+    """``mod`` (one kernel) as a build without tuning records schedules it."""
+    from edgekit.compile.schedules import ApplySchedules
+
+    with tvm_target:
+        return ApplySchedules(tvm_target)(mod)
+
+
+def apply_record(mod, record, tvm_target):
+    """``mod`` scheduled by ``record`` as MetaScheduleApplyDatabase does it (meta_schedule.cc)."""
+    import_tvm()
+    import tvm_ffi
+    from tvm import s_tir
+    from tvm.s_tir.meta_schedule.trace_apply import schedule_using_anchor_trace
+
+    if tvm_ffi.structural_equal(mod, record.workload.mod):
+        sch = s_tir.Schedule(record.workload.mod)
+        record.trace.apply_to_schedule(sch, remove_postproc=False)
+    else:
+        sch = s_tir.Schedule(mod)
+        schedule_using_anchor_trace(sch, record.trace, tvm_target)
+    return sch.mod
+
+
+def measure_gains(tasks, db_path: Path, tvm_target, measurer, say) -> list[KernelGain]:
+    """Default vs tuned time of every task with a record; updates the database's slower-than-default list."""
+    import_tvm()
+    from tvm.s_tir import meta_schedule as ms
+
+    # Read back from disk: a record still in the memory of the run that measured it gives another
+    # record_key than the same record loaded (as plan_build loads it), so keys come from the file.
+    database = open_database(db_path)
+
+    times = read_json(db_path / KERNEL_TIMES_FILE)
+    slower = read_json(db_path / SLOWER_THAN_DEFAULT_FILE)
+    plans = []  # (task, record, default mod, tuned mod)
+    errors: dict[str, str] = {}
+    for task in tasks:
+        mod = task.dispatched[0]
+        record = best_record(database, mod)
+        if record is None:
+            continue
+        try:
+            tuned = apply_record(mod, record, tvm_target)
+        except Exception as exc:  # a trace that does not transfer: the build would fail on it too
+            errors[task.task_name] = f"record does not apply: {str(exc).strip().splitlines()[-1][:200]}"
+            tuned = None
+        plans.append((task, record, default_schedule(mod, tvm_target), tuned))
+
+    to_measure = {}
+    for _, _, *mods in plans:
+        for m in mods:
+            if m is not None and module_key(m) not in times:
+                to_measure[module_key(m)] = m
+    if to_measure:
+        say(f"measuring {len(to_measure)} kernels: default schedules vs the best records")
+        inputs = list(to_measure.items())
+        built = measurer.builder.build([ms.builder.BuilderInput(m, tvm_target) for _, m in inputs])
+        runs, keys = [], []
+        for (key, m), result in zip(inputs, built):
+            if result.error_msg:
+                errors[key] = str(result.error_msg).strip().splitlines()[-1][:200]
+                continue
+            runs.append(ms.runner.RunnerInput(result.artifact_path, "cpu",
+                                              ms.arg_info.ArgInfo.from_prim_func(m["main"])))
+            keys.append(key)
+        for key, future in zip(keys, measurer.runner.run(runs)):
+            result = future.result()
+            if result.error_msg or not result.run_secs:
+                errors[key] = str(result.error_msg).strip().splitlines()[-1][:200]
+                continue
+            times[key] = sum(float(s) for s in result.run_secs) / len(result.run_secs) * 1e6
+        write_json(db_path / KERNEL_TIMES_FILE, times)
+
+    gains = []
+    for task, record, default_mod, tuned_mod in plans:
+        default_us = times.get(module_key(default_mod))
+        tuned_us = times.get(module_key(tuned_mod)) if tuned_mod is not None else None
+        key = record_key(record)
+        # Kept out only on evidence: slower when both were measured, or a record that does not apply.
+        losing = tuned_mod is None or (tuned_us is not None and default_us is not None and tuned_us > default_us)
+        if losing:
+            slower[key] = {"task": task.task_name, "default_us": default_us, "tuned_us": tuned_us}
+        else:
+            slower.pop(key, None)
+        error = errors.get(task.task_name) or (errors.get(module_key(tuned_mod)) if tuned_mod is not None else None) \
+            or errors.get(module_key(default_mod))
+        gains.append(KernelGain(task.task_name, float(task.weight), default_us, tuned_us, record_us(record),
+                                applied=not losing, error=error))
+    write_json(db_path / SLOWER_THAN_DEFAULT_FILE, slower)
+    return gains
