@@ -294,3 +294,18 @@ def _randomize_batchnorm(model: nn.Module, seed: int) -> None:
                 module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
                 module.weight.copy_(torch.rand(n, generator=generator) * 0.5 + 0.5)
                 module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+
+
+def compile_saved_program(program_path: str, target: str, out_dir: str) -> dict:
+    """Compile a saved ``.pt2`` for ``target`` with the default schedules: ``{"path": artifact dir}`` or
+    ``{"error": "Type: message"}``.
+
+    A plain function of strings, so tests can run builds in worker processes (spawned; compile is
+    mostly single-threaded Python and LLVM) and get a picklable answer back whatever happened.
+    """
+    from edgekit.compile import compile_model
+
+    try:
+        return {"path": str(compile_model(program_path, target, out_dir=out_dir, tuning=False).path)}
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
