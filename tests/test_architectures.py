@@ -122,21 +122,26 @@ print(json.dumps(report))
 @pytest.fixture(scope="module")
 def emulated_results(builds, emulated_pi):
     """{(architecture, target): the device's report} for the rpi4 and rpi5 builds, from one emulated run."""
+    pairs = [(n, t) for n in ARCHITECTURES for t in EMULATED_TARGETS if not isinstance(builds[n, t], Exception)]
+    reports = check_on_device(emulated_pi, [builds[pair] for pair in pairs])
+    return dict(zip(pairs, reports))
+
+
+def check_on_device(device, artifacts) -> list[dict]:
+    """Upload ``artifacts`` to ``device`` (an SshDevice) and check them all in one python process there."""
     from edgekit.deploy.remote import RemoteHost
 
-    pairs = [(n, t) for n in ARCHITECTURES for t in EMULATED_TARGETS if not isinstance(builds[n, t], Exception)]
-    remote_dirs = {}
-    with RemoteHost(emulated_pi.host_spec, **emulated_pi.connect_kwargs()) as remote:
-        for name, target in pairs:
-            compiled = builds[name, target]
-            directory = f"architectures/{compiled.artifact_id}"
+    directories = []
+    with RemoteHost(device.host_spec, **device.connect_kwargs()) as remote:
+        for compiled in artifacts:
+            directory = f"{device.remote_home}/architectures/{compiled.artifact_id}"
             remote.run(["mkdir", "-p", directory])
             for file in ("manifest.json", compiled.manifest["library"], compiled.manifest["reference"]):
                 remote.put(compiled.path / file, f"{directory}/{file}")
-            remote_dirs[name, target] = directory
-        result = remote.run(["python3", "-c", DEVICE_CHECK, *remote_dirs.values()], timeout_s=600)
+            directories.append(directory)
+        result = remote.run(["python3", "-c", DEVICE_CHECK, *directories], timeout_s=600)
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    return {pair: report[directory] for pair, directory in remote_dirs.items()}
+    return [report[directory] for directory in directories]
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
