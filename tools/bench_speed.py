@@ -1,27 +1,32 @@
 #!/usr/bin/env python3
-"""How fast edgekit's compiled models are, side by side with torch eager and ONNX Runtime.
+"""How fast edgekit's compiled models are, side by side with torch eager and ONNX Runtime (issue 10).
 
-One process, one run: the zoo CNN (zoo:fmnist-resnet, 1x1x28x28) and the architecture set of
-edgekit.testing.models (mobilenetv2, resnet, transformer), batch 1, 1 and 2 threads:
+One process, one run: the zoo CNN (zoo:fmnist-resnet, 1x1x28x28) and the standard edge
+architectures of edgekit.testing.architectures at their real resolution (MobileNetV2-1.0,
+MobileNetV3-Small, ResNet-18, EfficientNet-Lite0 with its ImageNet weights, ViT-Tiny; 224x224),
+batch 1, at each thread count of ``--threads``:
 
-    torch eager | ONNX Runtime | edgekit untuned | edgekit tuned | edgekit int8
+    torch eager | ONNX Runtime | edgekit default | edgekit tuned | edgekit int8
 
-median and p90 latency (ms) and the ratio of each median to ONNX Runtime's.  Tuning starts
-from an empty database (a temporary $EDGEKIT_CACHE), so the tuning time stated is the whole
-cost; its trial budget and time are in the table.  edgekit numbers come from
-``edgekit.run.run_artifact`` (the runner a device gets, in its own process); torch and ORT are
-timed in this process.  Samples are taken in interleaved rounds so that load from other
-processes on a shared machine falls on every runtime alike.
+*default* is compile_model with no tuning records (edgekit's default CPU schedules); *tuned*
+first tunes the model for ``--tune-budget-s`` seconds from an empty database (a temporary
+$EDGEKIT_CACHE); *int8* is edgekit.compress.quantize's post-training quantization (per-channel
+weights, calibrated on seeded random inputs) compiled with the default schedules.  All five run
+in this process: edgekit artifacts are loaded with the TVM runtime (its thread pool resized per
+thread count), and samples are taken in interleaved rounds so that load from other processes on a
+shared machine falls on every runtime alike.  Median and p90 in ms, the ratio of each median to
+ONNX Runtime's, the compile time of the default build, and a geometric-mean row.
 
-    python tools/bench_speed.py                      # the committed numbers (about 45 min here)
-    python tools/bench_speed.py --quick              # a smoke run: tiny budgets, one model
+    python tools/bench_speed.py                          # the full run (tuning: 10 min a model)
+    python tools/bench_speed.py --models zoo:fmnist-resnet,mobilenetv2 --skip-tuned --repeats 20 \\
+        --out tools/results/bench_speed_quick           # a quick run
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
+import math
 import os
 import platform
 import sys
@@ -31,55 +36,66 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
-VARIANTS = ("torch", "ort", "untuned", "tuned", "int8")
-LABELS = {"torch": "torch eager", "ort": "ONNX Runtime", "untuned": "edgekit untuned", "tuned": "edgekit tuned",
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "tools" / "results"
+VARIANTS = ("torch", "ort", "default", "tuned", "int8")
+LABELS = {"torch": "torch eager", "ort": "ONNX Runtime", "default": "edgekit default", "tuned": "edgekit tuned",
           "int8": "edgekit int8"}
+ZOO_MODEL = "zoo:fmnist-resnet"
+CALIBRATION_SIZE = 32
+SETTLE_S = 0.2
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def percentile(samples, q):
+def percentile(samples, q) -> float:
     return float(np.percentile(np.asarray(samples), q))
 
 
-class RandomCalibration:
-    """Calibration data for the architecture models (no data set matches their inputs)."""
+def geometric_mean(values) -> float | None:
+    values = [v for v in values if v is not None and v > 0]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
 
-    def __init__(self, shape, n: int = 64):
+
+# ------------------------------------------------------------------------------------------ models
+
+def all_model_names() -> list[str]:
+    from edgekit.testing.architectures import ARCHITECTURES
+
+    return [ZOO_MODEL, *ARCHITECTURES]
+
+
+def load_model(name: str):
+    """(model in eval mode, input shape) at the model's real resolution."""
+    if name.startswith("zoo:"):
+        from edgekit.data.zoo import load_zoo_model, zoo_entry
+
+        return load_zoo_model(name.removeprefix("zoo:")).eval(), (1, *zoo_entry(name.removeprefix("zoo:")).input_shape)
+    from edgekit.testing.architectures import build_architecture
+
+    return build_architecture(name)
+
+
+class SeededCalibration:
+    """Calibration batches of seeded normal inputs (the architectures have random weights: no data set fits)."""
+
+    def __init__(self, shape, n: int = CALIBRATION_SIZE):
         import torch
 
-        generator = torch.Generator().manual_seed(0)
-        self.x = torch.randn(n, *shape[1:], generator=generator)
+        self.x = torch.randn(n, *shape[1:], generator=torch.Generator().manual_seed(1))
 
     def batches(self, batch_size):
         for i in range(0, len(self.x), batch_size):
             yield self.x[i:i + batch_size], None
 
 
-def models(quick: bool):
-    from edgekit.data.zoo import load_zoo_model
-    from edgekit.testing.models import ARCHITECTURES, build
+# ------------------------------------------------------------------------------------------ runtimes
 
-    yield "zoo:fmnist-resnet", load_zoo_model("fmnist-resnet").eval(), (1, 1, 28, 28)
-    if quick:
-        return
-    for name in ARCHITECTURES:
-        model, shape = build(name)
-        yield name, model, shape
+def onnx_session(model, example, threads: int):
+    import io
 
-
-def calibration_for(name, shape):
-    if name.startswith("zoo:"):
-        from edgekit.data.datasets import load_dataset
-
-        return load_dataset("fashion-mnist", "train", limit=512)
-    return RandomCalibration(shape)
-
-
-def onnx_session(model, example, threads):
     import onnxruntime
     import torch
 
@@ -92,200 +108,298 @@ def onnx_session(model, example, threads):
     return onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
 
-def bench_model(name, model, shape, args, out_dir: Path) -> dict:
+class LoadedArtifact:
+    """An edgekit artifact's library in this process's TVM runtime, with its reference input."""
+
+    def __init__(self, artifact):
+        from edgekit.compile.tvm_env import import_tvm
+
+        tvm = import_tvm()
+        from tvm.runtime.vm import VirtualMachine
+
+        self.artifact = artifact
+        self.vm = VirtualMachine(tvm.runtime.load_module(str(artifact.library_path)), tvm.cpu())
+        reference = np.load(artifact.path / artifact.manifest["reference"])
+        self.inputs = [tvm.runtime.tensor(reference[f"in{i}"]) for i in range(len(artifact.manifest["inputs"]))]
+        self.expected = reference["out0"]
+
+    def __call__(self):
+        return self.vm["main"](*self.inputs)
+
+    def relative_error(self) -> float:
+        """max |output - reference| / max |reference| (the reference is the model compiled, in torch)."""
+        result = self()
+        actual = result.numpy() if hasattr(result, "numpy") else result[0].numpy()
+        return float(np.abs(actual.astype(np.float64) - self.expected).max() / max(np.abs(self.expected).max(), 1e-12))
+
+
+def set_tvm_threads(threads: int) -> None:
+    # The pool is sized from TVM_NUM_THREADS when the runtime starts (main() sets it to the largest
+    # count asked for); config_threadpool then picks how many of its workers a kernel uses.
+    from edgekit.compile.tvm_env import import_tvm
+
+    tvm = import_tvm()
+    tvm.get_global_func("runtime.config_threadpool")(1, threads)
+    actual = tvm.get_global_func("runtime.NumThreads")()
+    if actual != threads:
+        raise RuntimeError(f"TVM runtime uses {actual} threads, not {threads} (TVM_NUM_THREADS too low?)")
+
+
+def time_calls(fn, warmup: int, repeats: int) -> list[float]:
+    from edgekit.measure.stats import time_calls as _time_calls
+
+    return _time_calls(fn, warmup, repeats)
+
+
+# ------------------------------------------------------------------------------------------ one model
+
+def bench_model(name: str, args, out_dir: Path) -> dict:
     import torch
 
     from edgekit.compile import compile_model
-    from edgekit.compile.tune import tune_model
-    from edgekit.compress.quantize import QuantizeConfig, quantize_model
-    from edgekit.measure.stats import time_calls
-    from edgekit.run import run_artifact
 
-    result = {"model": name, "input_shape": list(shape), "tuning": {}, "latency": {}, "notes": []}
+    model, shape = load_model(name)
+    result = {"model": name, "input_shape": list(shape), "latency": {}, "accuracy": {}, "notes": []}
     example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    budgets = args.zoo if name.startswith("zoo:") else args.arch
-    trials, budget_s = budgets
 
-    log(f"{name}: compile untuned")
+    log(f"{name}: export")
+    program = torch.export.export(model, (example,))
+    log(f"{name}: compile default")
     started = time.monotonic()
-    untuned = compile_model(model, "host", input_shapes=[shape], out_dir=out_dir, tuning=False)
-    result["compile_untuned_s"] = round(time.monotonic() - started, 1)
+    artifacts = {"default": compile_model(program, "host", out_dir=out_dir, tuning=False)}
+    result["compile_default_s"] = round(time.monotonic() - started, 1)
+    result["unscheduled_kernels"] = artifacts["default"].manifest.get("schedules", {}).get("unscheduled", [])
+    log(f"{name}: default build {result['compile_default_s']} s, "
+        f"{len(result['unscheduled_kernels'])} kernels left unscheduled")
 
-    log(f"{name}: tune fp32 ({trials} trials, budget {budget_s} s)")
-    report = tune_model(model, "host", trials=trials, time_budget_s=budget_s, input_shapes=[shape], log=log)
-    result["tuning"]["fp32"] = _tuning_summary(report)
-    started = time.monotonic()
-    tuned = compile_model(model, "host", input_shapes=[shape], out_dir=out_dir)
-    result["compile_tuned_s"] = round(time.monotonic() - started, 1)
-    result["tuned_kernels"] = tuned.manifest.get("tuning", {}).get("kernels_tuned", 0)
+    if not args.skip_tuned:
+        artifacts["tuned"] = _tuned(name, program, shape, args, out_dir, result)
+    if not args.skip_int8:
+        artifacts["int8"] = _int8(name, model, example, shape, out_dir, result)
+    artifacts = {k: v for k, v in artifacts.items() if v is not None}
 
-    int8 = None
-    try:
-        log(f"{name}: quantize int8 and compile")
-        quantized = quantize_model(model, calibration_for(name, shape), QuantizeConfig(calibration_size=512))
-        with torch.no_grad():
-            fake_quant_out = quantized(example).numpy()
-            float_out = model(example).numpy()
-        int8_trials, int8_budget_s = args.int8 if name.startswith("zoo:") else (0, 0)
-        if int8_trials:
-            log(f"{name}: tune int8 ({int8_trials} trials, budget {int8_budget_s} s)")
-            report8 = tune_model(quantized, "host", trials=int8_trials, time_budget_s=int8_budget_s,
-                                 input_shapes=[shape], log=log)
-            result["tuning"]["int8"] = _tuning_summary(report8)
-        # The int8 kernels are exact integer arithmetic; torch's fake quantization rounds its float
-        # sums differently, so an activation at a .5 boundary can land one step apart: looser atol.
-        try:
-            int8 = compile_model(quantized, "host", input_shapes=[shape], out_dir=out_dir, tolerance={"atol": 0.25},
-                                 tuning="auto" if int8_trials else False)
-        except Exception as exc:
-            result["notes"].append(f"int8 with tuning records failed to compile ({type(exc).__name__}: {exc}); "
-                                   "measured with default schedules")
-            result["tuning"].pop("int8", None)
-            int8 = compile_model(quantized, "host", input_shapes=[shape], out_dir=out_dir, tolerance={"atol": 0.25},
-                                 tuning=False)
-        result["int8_library_bytes"] = (int8.path / "model.so").stat().st_size
-        result["fp32_library_bytes"] = (tuned.path / "model.so").stat().st_size
-        result["int8_vs_float_model_max_abs"] = float(np.abs(fake_quant_out - float_out).max())
+    loaded = {variant: LoadedArtifact(a) for variant, a in artifacts.items()}
+    for variant, runner in loaded.items():
+        result["accuracy"][f"{variant}_relative_error"] = runner.relative_error()
 
-    except Exception as exc:  # the float results still count
-        log(f"{name}: int8 failed: {type(exc).__name__}: {exc}")
-        result["notes"].append(f"int8 failed: {type(exc).__name__}: {str(exc)[:500]}")
-    artifacts = {"untuned": untuned, "tuned": tuned, **({"int8": int8} if int8 is not None else {})}
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        session = onnx_session(model, example, threads)
-        feed = {session.get_inputs()[0].name: example.numpy()}
-        samples = {v: [] for v in VARIANTS if v in ("torch", "ort") or v in artifacts}
-        checks = {}
-        per_round = max(1, args.repeats // args.rounds)
-        for round_index in range(args.rounds):
-            with torch.no_grad():
-                samples["torch"] += time_calls(lambda: model(example), args.warmup, per_round)
-            samples["ort"] += time_calls(lambda: session.run(None, feed), args.warmup, per_round)
-            for variant, artifact in artifacts.items():
-                report_ = run_artifact(artifact, warmup=args.warmup, repeats=per_round, threads=threads,
-                                       check_outputs=False)
-                samples[variant] += report_.samples_ms
-                checks[variant] = report_.output_check
-        ort_median = percentile(samples["ort"], 50)
-        result["latency"][str(threads)] = {
-            v: {"median_ms": round(percentile(s, 50), 4), "p90_ms": round(percentile(s, 90), 4),
-                "samples": len(s), "ratio_to_ort": round(percentile(s, 50) / ort_median, 2)}
-            for v, s in samples.items()}
-        result.setdefault("output_check", {}).update(
-            {v: {"passed": c["passed"], "max_abs_error": c["max_abs_error"]} for v, c in checks.items()})
-        log(f"{name} threads={threads}: " + ", ".join(
-            f"{v} {row['median_ms']:.3f} ms" for v, row in result["latency"][str(threads)].items()))
+    with torch.no_grad():
+        eager = lambda: model(example)  # noqa: E731
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            set_tvm_threads(threads)
+            session = onnx_session(model, example, threads)
+            feed = {session.get_inputs()[0].name: example.numpy()}
+            runs = {"torch": eager, "ort": lambda: session.run(None, feed), **loaded}
+            samples = {variant: [] for variant in runs}
+            per_round = max(1, args.repeats // args.rounds)
+            for _ in range(args.rounds):  # interleaved: every runtime sees the same load
+                for variant, fn in runs.items():
+                    # Let the previous runtime's worker threads (OpenMP, ORT and TVM pools spin after
+                    # each call) go idle first, or with 2 threads they fight this one for the cores.
+                    time.sleep(SETTLE_S)
+                    samples[variant] += time_calls(fn, args.warmup, per_round)
+            ort_median = percentile(samples["ort"], 50)
+            result["latency"][str(threads)] = {
+                v: {"median_ms": round(percentile(s, 50), 4), "p90_ms": round(percentile(s, 90), 4),
+                    "samples": len(s), "ratio_to_ort": round(percentile(s, 50) / ort_median, 3)}
+                for v, s in samples.items()}
+            log(f"{name} threads={threads}: " + ", ".join(
+                f"{v} {row['median_ms']:.3f} ms" for v, row in result["latency"][str(threads)].items()))
     return result
 
 
-def _tuning_summary(report) -> dict:
-    return {"trials_run": report.trials_run, "trials_ok": report.trials_ok, "tuning_s": round(report.tuning_s, 1),
-            "stopped_by": report.stopped_by, "tasks": len(report.tasks),
-            "tasks_tuned": sum(1 for t in report.tasks if t.best_us is not None),
-            "estimated_kernels_us": report.estimated_us}
+def _tuned(name, program, shape, args, out_dir, result):
+    from edgekit.compile import compile_model
+    from edgekit.compile.tune import tune_model
 
+    log(f"{name}: tune for {args.tune_budget_s:.0f} s")
+    try:
+        # The trial count is only a ceiling: the time budget is what stops the search.
+        report = tune_model(program, "host", trials=100_000, time_budget_s=args.tune_budget_s, log=log)
+        result["tuning"] = {"trials_run": report.trials_run, "trials_ok": report.trials_ok,
+                            "tuning_s": round(report.tuning_s, 1), "stopped_by": report.stopped_by,
+                            "tasks": len(report.tasks),
+                            "tasks_tuned": sum(1 for t in report.tasks if t.best_us is not None)}
+        started = time.monotonic()
+        tuned = compile_model(program, "host", out_dir=out_dir, tuning="auto")
+        result["compile_tuned_s"] = round(time.monotonic() - started, 1)
+        result["tuning"]["kernels_applied"] = tuned.manifest.get("tuning", {}).get("kernels_tuned", 0)
+        return tuned
+    except Exception as exc:  # the other columns still count
+        log(f"{name}: tuning failed: {type(exc).__name__}: {exc}")
+        result["notes"].append(f"tuned failed: {type(exc).__name__}: {str(exc)[:400]}")
+        return None
+
+
+def _int8(name, model, example, shape, out_dir, result):
+    import torch
+
+    from edgekit.compile import compile_model
+    from edgekit.compress.quantize import QuantizeConfig, quantize_model
+
+    log(f"{name}: quantize int8 (PTQ, {CALIBRATION_SIZE} seeded inputs) and compile")
+    try:
+        quantized = quantize_model(model, SeededCalibration(shape), QuantizeConfig(calibration_size=CALIBRATION_SIZE))
+        with torch.no_grad():
+            fake, real = quantized(example), model(example)
+        result["accuracy"]["int8_torch_vs_float_relative"] = float((fake - real).abs().max() / real.abs().max())
+        started = time.monotonic()
+        # Exact integer kernels vs torch's float fake quantization: a value at a rounding boundary can land
+        # one int8 step apart, so the artifact's own check is looser (the relative error is recorded).
+        int8 = compile_model(quantized, "host", input_shapes=[shape], example_inputs=[example], out_dir=out_dir,
+                             tuning=False, tolerance={"atol": 0.25})
+        result["compile_int8_s"] = round(time.monotonic() - started, 1)
+        return int8
+    except Exception as exc:
+        log(f"{name}: int8 failed: {type(exc).__name__}: {exc}")
+        result["notes"].append(f"int8 failed: {type(exc).__name__}: {str(exc)[:400]}")
+        return None
+
+
+# ------------------------------------------------------------------------------------------ report
 
 def machine() -> dict:
     import onnxruntime
     import torch
 
-    import tvm
+    from edgekit.compile.build import resolve_tvm_target
+    from edgekit.compile.schedules import cpu_info
+    from edgekit.compile.tvm_env import import_tvm
+    from edgekit.targets import load_target
 
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    flags = Path("/proc/cpuinfo").read_text()
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni") if f" {f}" in flags]
-    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "machine": platform.machine(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    tvm = import_tvm()
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+               platform.processor() or "unknown")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    target = resolve_tvm_target(load_target("host"))
+    info = cpu_info(target)
+    return {"cpu": cpu, "isa": info.isa, "mcpu": info.mcpu, "vector_bits": info.vector_bits,
+            "cpu_flags": [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni") if f in flags],
+            "tvm_target": str(target), "cores": os.cpu_count(), "machine": platform.machine(),
             "load_average_start": os.getloadavg(), "python": platform.python_version(),
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "tvm": tvm.__version__,
-            "note": "2 cores shared with 3 other agents' builds and tests while this ran: absolute numbers are "
-                    "noisy, ratios are taken within interleaved rounds"}
+            "edgekit_git": _git_head()}
+
+
+def _git_head() -> str | None:
+    import subprocess
+
+    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
+def summarize(doc: dict) -> dict:
+    """Per thread count, the geometric mean of each variant's ratio to ONNX Runtime over the models."""
+    summary = {}
+    for threads in doc["args"]["threads"]:
+        rows = [m["latency"].get(str(threads), {}) for m in doc["models"]]
+        summary[str(threads)] = {v: geometric_mean([r[v]["ratio_to_ort"] for r in rows if v in r])
+                                 for v in VARIANTS}
+    return summary
 
 
 def markdown(doc: dict) -> str:
     m = doc["machine"]
-    lines = [f"# edgekit speed: {m['cpu']} ({', '.join(m['isa'])}), {m['cores']} cores, batch 1",
+    shown = [v for v in VARIANTS if any(v in r for model in doc["models"] for r in model["latency"].values())]
+    lines = [f"# edgekit speed: {m['cpu']}, ISA {m['isa']} (mcpu {m['mcpu']}, {m['vector_bits']}-bit vectors), "
+             f"batch 1",
              "",
-             f"One run of `tools/bench_speed.py` ({doc['started']}, {doc['wall_s'] / 60:.0f} min). "
-             f"{m['note']}; load average at start {m['load_average_start'][0]:.1f}, "
-             f"at end {doc['load_average_end'][0]:.1f}. torch {m['torch']}, ONNX Runtime {m['onnxruntime']}, "
-             f"TVM {m['tvm']}.",
+             f"One run of `tools/bench_speed.py {' '.join(doc['argv'])}` ({doc['started']}, "
+             f"{doc['wall_s'] / 60:.0f} min, edgekit {m['edgekit_git']}). {m['cores']} cores, load average "
+             f"{m['load_average_start'][0]:.1f} at start, {doc['load_average_end'][0]:.1f} at end (a shared "
+             f"machine: absolute numbers are noisy, ratios are taken within interleaved rounds). "
+             f"torch {m['torch']}, ONNX Runtime {m['onnxruntime']}, TVM {m['tvm']}, Python {m['python']}.",
              "",
-             "Median / p90 in ms; **ratio** = median / ONNX Runtime's median (<= 1.00: edgekit at least as fast).",
-             ""]
-    for result in doc["models"]:
-        tuning = result["tuning"]["fp32"]
-        lines.append(f"## {result['model']} (input {'x'.join(map(str, result['input_shape']))})")
-        lines.append("")
-        lines.append(f"Tuned: {tuning['trials_run']} trials ({tuning['trials_ok']} ok), {tuning['tuning_s']:.0f} s "
-                     f"of tuning from an empty database, {result['tuned_kernels']} of {tuning['tasks']} kernels "
-                     f"tuned, stopped by {tuning['stopped_by']}; a compile with the database took "
-                     f"{result['compile_tuned_s']} s (no tuning).")
-        if "int8" in result["tuning"]:
-            t8 = result["tuning"]["int8"]
-            lines.append(f"Int8 tuned: {t8['trials_run']} trials, {t8['tuning_s']:.0f} s.")
-        else:
-            lines.append("Int8: integer kernels with TVM's default schedules (not tuned).")
-        if "int8" in result.get("output_check", {}):
-            lines.append(f"Int8 library {result['int8_library_bytes']} bytes vs fp32 {result['fp32_library_bytes']}; "
-                         f"output check vs the fake-quantized torch model: max abs error "
-                         f"{result['output_check']['int8']['max_abs_error']:.3g}.")
-        lines += [f"Note: {note}" for note in result.get("notes", [])]
-        lines.append("")
-        lines.append("| threads | " + " | ".join(LABELS[v] for v in VARIANTS) + " |")
-        lines.append("|---:|" + "---:|" * len(VARIANTS))
-        for threads, row in result["latency"].items():
-            cells = [f"{row[v]['median_ms']:.3f} / {row[v]['p90_ms']:.3f} (**{row[v]['ratio_to_ort']:.2f}**)"
-                     if v in row else "failed" for v in VARIANTS]
-            lines.append(f"| {threads} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += doc.get("summary", [])
+             "Median ms (p90) and **ratio** = median / ONNX Runtime's median (<= 1.00: at least as fast). "
+             "edgekit default: no tuning records, edgekit's default CPU schedules; compile = the default build, "
+             "seconds.", ""]
+    if doc["args"]["skip_tuned"]:
+        lines.append("Tuned: not run (`--skip-tuned`).")
+    if doc["args"]["skip_int8"]:
+        lines.append("Int8: not run (`--skip-int8`).")
+    for threads in doc["args"]["threads"]:
+        lines += ["", f"## {threads} thread{'s' if threads > 1 else ''}", "",
+                  "| model | input | " + " | ".join(LABELS[v] for v in shown) + " | compile (s) |",
+                  "|---|---|" + "---:|" * (len(shown) + 1)]
+        for model in doc["models"]:
+            row = model["latency"].get(str(threads), {})
+            cells = [f"{row[v]['median_ms']:.3f} ({row[v]['p90_ms']:.3f}) **{row[v]['ratio_to_ort']:.2f}**"
+                     if v in row else "-" for v in shown]
+            lines.append(f"| {model['model']} | {'x'.join(map(str, model['input_shape'][1:]))} | "
+                         + " | ".join(cells) + f" | {model['compile_default_s']:.0f} |")
+        means = doc["summary"][str(threads)]
+        lines.append("| **geometric mean** (ratio) | | " + " | ".join(
+            f"**{means[v]:.2f}**" if means.get(v) else "-" for v in shown) + " | |")
+    lines += ["", "## Per model", ""]
+    for model in doc["models"]:
+        acc = model["accuracy"]
+        parts = [f"default vs torch: relative error {acc['default_relative_error']:.1e}"]
+        if "tuning" in model:
+            t = model["tuning"]
+            parts.append(f"tuned: {t['trials_run']} trials ({t['trials_ok']} ok) in {t['tuning_s']:.0f} s, "
+                         f"{t['tasks_tuned']}/{t['tasks']} kernels tuned, stopped by {t['stopped_by']}, "
+                         f"relative error {acc.get('tuned_relative_error', float('nan')):.1e}")
+        if "int8_relative_error" in acc:
+            parts.append(f"int8 vs fake-quantized torch: relative error {acc['int8_relative_error']:.1e} "
+                         f"(fake-quantized vs float torch {acc['int8_torch_vs_float_relative']:.1e}); "
+                         f"compile {model['compile_int8_s']:.0f} s")
+        unscheduled = model.get("unscheduled_kernels", [])
+        parts.append(f"{len(unscheduled)} kernels left unscheduled by the default rules")
+        lines.append(f"- **{model['model']}**: " + "; ".join(parts) + ".")
+        lines += [f"  - note: {note}" for note in model.get("notes", [])]
+    for failure in doc.get("failures", []):
+        lines.append(f"- **{failure['model']}**: FAILED {failure['error'][:300]}")
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--zoo-trials", type=int, default=240)
-    parser.add_argument("--zoo-budget-s", type=float, default=1200)
-    parser.add_argument("--int8-trials", type=int, default=64)
-    parser.add_argument("--int8-budget-s", type=float, default=300)
-    parser.add_argument("--arch-trials", type=int, default=32)
-    parser.add_argument("--arch-budget-s", type=float, default=150)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=150)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--quick", action="store_true", help="tiny budgets, the zoo model only")
-    parser.add_argument("--out", type=Path, default=RESULTS / "bench_speed")
-    args = parser.parse_args()
-    if args.quick:
-        args.zoo_trials, args.zoo_budget_s, args.int8_trials, args.int8_budget_s = 8, 60, 4, 30
-        args.repeats, args.rounds = 30, 1
-    args.zoo = (args.zoo_trials, args.zoo_budget_s)
-    args.int8 = (args.int8_trials, args.int8_budget_s)
-    args.arch = (args.arch_trials, args.arch_budget_s)
+# ------------------------------------------------------------------------------------------ main
 
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(all_model_names()),
+                        help="comma-separated; default: %(default)s")
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default: 1,2)")
+    parser.add_argument("--tune-budget-s", type=float, default=600, help="tuning time per model (default: 600)")
+    parser.add_argument("--skip-tuned", action="store_true", help="no tuning, no tuned column")
+    parser.add_argument("--skip-int8", action="store_true", help="no int8 column")
+    parser.add_argument("--repeats", type=int, default=150, help="timed calls per runtime (default: 150)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds the repeats are split into")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls before each round's samples")
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_speed", help="writes OUT.json and OUT.md")
+    args = parser.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.threads = [int(t) for t in args.threads.split(",")]
+    unknown = [m for m in args.models if m not in all_model_names()]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; available: {', '.join(all_model_names())}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # Before TVM starts: its thread pool is sized once, from this (see set_tvm_threads).
+    os.environ["TVM_NUM_THREADS"] = str(max(args.threads))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
     work = Path(tempfile.mkdtemp(prefix="edgekit-bench-speed-"))
-    os.environ["EDGEKIT_CACHE"] = str(work / "cache")  # tuning starts from nothing
+    os.environ["EDGEKIT_CACHE"] = str(work / "cache")  # tuning starts from an empty database
     started = time.time()
-    doc = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)), "machine": machine(),
-           "args": {k: v for k, v in vars(args).items() if k not in ("out",)}, "models": []}
-    for name, model, shape in models(args.quick):
+    doc = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+           "argv": sys.argv[1:] if argv is None else list(argv), "machine": machine(),
+           "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "models": []}
+    log(f"ISA {doc['machine']['isa']} ({doc['machine']['cpu']}); models: {', '.join(args.models)}")
+    for name in args.models:
         try:
-            doc["models"].append(bench_model(name, model, shape, args, work / "artifacts"))
+            doc["models"].append(bench_model(name, args, work / "artifacts"))
         except Exception as exc:  # keep what was measured; say what failed
             log(f"{name}: FAILED {type(exc).__name__}: {exc}")
             doc.setdefault("failures", []).append({"model": name, "error": f"{type(exc).__name__}: {exc}"[:2000]})
         doc["wall_s"] = round(time.time() - started, 1)
         doc["load_average_end"] = os.getloadavg()
+        doc["summary"] = summarize(doc)
         _write(doc, args.out)
     log(f"done in {(time.time() - started) / 60:.1f} min: {args.out}.json / .md")
-    return 0
+    return 0 if not doc.get("failures") else 1
 
 
 def _write(doc, out: Path) -> None:
