@@ -96,9 +96,11 @@ def _from_exported_program(program, input_shapes, *, source: str) -> ImportedMod
         # An exported program is specialized to its example shapes (unless exported with dynamic dims).
         raise InputShapeError(f"{source} was exported for input shapes {fake_shapes}, not {list(map(tuple, input_shapes))}",
                               hint="export the model again with the shape you want, or drop --input-shape")
+    from edgekit.compile.frontend_fixes import apply_frontend_fixes
+
     try:
-        mod = from_exported_program(importlib.import_module("edgekit.compile.frontend_fixes").apply_frontend_fixes(program),
-                                    keep_params_as_input=False, unwrap_unit_return_tuple=True)
+        mod = from_exported_program(apply_frontend_fixes(program), keep_params_as_input=False,
+                                    unwrap_unit_return_tuple=True)
     except AssertionError as exc:
         missing = re.findall(r"'([^']+)'", str(exc))
         raise UnsupportedOperatorError(_unsupported_torch_message(program, missing, source),
