@@ -134,7 +134,11 @@ def cpu_pipeline(target, *, database=None, schedule_log=None):
     tvm = import_tvm()
     from tvm import relax
 
-    from edgekit.compile.schedules import ApplySchedules
+    from edgekit.compile.schedules import ApplySchedules, fast_math
+
+    # Vectorizable exp/erf (softmax, GELU, SiLU): libm's scalar calls split every vector back into
+    # lanes (softmax ran at 5.9x ONNX Runtime without it; see schedules/fast_math.py).
+    fast_math.enable()
 
     @tvm.transform.module_pass(opt_level=0, name="EdgekitCpuPipeline")
     def _pipeline(mod, _ctx):

@@ -153,9 +153,12 @@ def _kernel_key(data_shape, weight_shape, out_shape) -> str:
 class LatencyTable:
     """The on-disk cache for one device and target; see the module docstring."""
 
-    def __init__(self, path: Path, *, identity: str, target: str, threads: int):
+    def __init__(self, path: Path, *, identity: str, target: str, threads: int, schedules: str | None = None):
         self.path = Path(path)
         self.identity, self.target, self.threads = identity, target, threads
+        # What builds for the target get today (edgekit.compile.tuning_db.schedule_state): a row measured
+        # before `edgekit tune` ran, or before the default schedules changed, is not what a deploy ships.
+        self.schedules = schedules
         self.entries: dict[str, dict[str, Any]] = {}
         self.fingerprint: dict[str, Any] | None = None  # the device as last seen (from the file, then live)
         self.live = False  # True once a measurement in this session confirmed the fingerprint
@@ -170,11 +173,12 @@ class LatencyTable:
                 self.fingerprint = data.get("fingerprint")
 
     @classmethod
-    def open(cls, *, identity: str, target: str, threads: int, cache_dir: Path | str | None = None) -> "LatencyTable":
+    def open(cls, *, identity: str, target: str, threads: int, cache_dir: Path | str | None = None,
+             schedules: str | None = None) -> "LatencyTable":
         key = _sha({"identity": identity, "target": target, "threads": threads})[:20]
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{target}-{identity}")[:60]
         return cls(Path(cache_dir or default_cache_dir()) / f"{safe}-{key}.json", identity=identity, target=target,
-                   threads=threads)
+                   threads=threads, schedules=schedules)
 
     @property
     def fingerprint_sha(self) -> str | None:
@@ -186,12 +190,12 @@ class LatencyTable:
 
         self.fingerprint = stable_fingerprint(device_fingerprint)
         self.live = True
-        stale = sum(1 for e in self.entries.values() if e.get("fingerprint_sha") != self.fingerprint_sha)
+        stale = sum(1 for e in self.entries.values() if self.is_stale(e))
         self.stats["stale"] = stale
         return stale
 
     def is_stale(self, entry: dict[str, Any]) -> bool:
-        return entry.get("fingerprint_sha") != self.fingerprint_sha
+        return entry.get("fingerprint_sha") != self.fingerprint_sha or entry.get("schedules") != self.schedules
 
     def get(self, key: str) -> dict[str, Any] | None:
         entry = self.entries.get(key)
@@ -200,7 +204,7 @@ class LatencyTable:
         return entry
 
     def put(self, key: str, entry: dict[str, Any]) -> None:
-        self.entries[key] = {**entry, "fingerprint_sha": self.fingerprint_sha,
+        self.entries[key] = {**entry, "fingerprint_sha": self.fingerprint_sha, "schedules": self.schedules,
                              "tvm": (self.fingerprint or {}).get("tvm"),
                              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self.stats["measured"] += 1
@@ -249,7 +253,8 @@ class LatencyTable:
                 c, h, w = spec.in_ch, spec.height, spec.width
                 wo, wi, kh, kw = spec.weight_shape
                 layouts = [([1, c, h, w], [wo, wi, kh, kw], [n, o, oh, ow]),  # NCHW / OIHW
-                           ([1, h, w, c], [wo, kh, kw, wi], [n, oh, ow, o])]  # NHWC / OHWI (edgekit's CPU layout)
+                           ([1, h, w, c], [kh, kw, wi, wo], [n, oh, ow, o]),  # NHWC / HWIO (edgekit's CPU layout)
+                           ([1, h, w, c], [wo, kh, kw, wi], [n, oh, ow, o])]  # NHWC / OHWI
                 keys = [_kernel_key(*lay) for lay in layouts] + [_kernel_key(*(sorted(x) for x in layouts[0]))]
                 kernel = next((by_shape[k] for k in keys if k in by_shape), None)
                 if kernel is None:

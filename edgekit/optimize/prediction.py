@@ -32,7 +32,7 @@ class LatencyOracle:
         identity = setup["device"].get("identity", "local") if not proxy else (
             f"ssh:{setup['host']}" if setup.get("host") else "local")
         self.table = LatencyTable.open(identity=identity, target=config.target, threads=setup.get("threads", 1),
-                                       cache_dir=cache_dir)
+                                       cache_dir=cache_dir, schedules=_schedule_state(config.target))
 
     def check_device(self, model) -> int:
         """One short run of ``model``: the device's fingerprint; returns how many cached entries it made stale."""
@@ -193,3 +193,13 @@ class LatencyOracle:
 def param_bytes(model) -> int:
     """float32 weights: the part of an artifact's size that pruning changes."""
     return 4 * int(sum(p.numel() for p in model.parameters()))
+
+
+def _schedule_state(target: str) -> str:
+    """The schedules builds for ``target`` get now (default rules + tuning records), for the table's rows."""
+    from edgekit.compile.build import resolve_tvm_target
+    from edgekit.compile.tuning_db import schedule_state
+    from edgekit.targets import load_target
+
+    profile = load_target(target)
+    return schedule_state(profile, resolve_tvm_target(profile))
