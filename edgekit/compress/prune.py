@@ -1,5 +1,8 @@
 """Structured pruning that physically removes channels, driven by a dependency graph.
 
+One module of ~700 lines because it is one algorithm: the graph walk, the channel spaces it builds
+and the slicing that applies them share one data model and are only correct together.
+
 The model is traced with torch.fx and the graph is walked with real shapes
 (ShapeProp).  Every conv/linear output opens a *channel space*; the walk carries, for
 each tensor, which dimension holds channels and which spaces (with offsets, after a

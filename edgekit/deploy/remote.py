@@ -1,5 +1,9 @@
 """RemoteHost: one lazily-connecting SSH connection to a device (paramiko), used as a context manager.
 
+Over 500 lines because it is one thing: the connection and its deadlines.  Every method shares the
+socket, the transport watchdog and the retry policy below; split up, each part would reach into the
+others' private state.
+
 Safety rules this module keeps (each one learned the hard way, see DESIGN.md section 7):
 - host keys are checked against known_hosts; an unknown host is refused unless the caller trusts it
   explicitly, and a changed key is always refused, showing both fingerprints;
