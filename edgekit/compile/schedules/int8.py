@@ -6,9 +6,11 @@ features, never from the compiling machine:
 | target                       | activations | instruction                 | lanes x group |
 |------------------------------|-------------|-----------------------------|---------------|
 | x86 AVX512-VNNI              | uint8       | vpdpbusd (dot_16x4_vnni)    | 16 x 4        |
-| x86 AVX-512 (or VNNI, int8)  | any         | vpmaddwd zmm on int16 pairs | 16 x 2        |
+|                              | int8        | vpdpbusd on a^0x80, minus 128*sum(w) | 16 x 4 |
+| x86 AVX-512                  | any         | vpmaddwd zmm on int16 pairs | 16 x 2        |
 | x86 AVX2                     | any         | vpmaddwd ymm on int16 pairs | 8 x 2         |
 | aarch64 dotprod (rpi5)       | int8        | sdot                        | 4 x 4         |
+|                              | uint8       | sdot on a^0x80, plus 128*sum(w)      | 4 x 4 |
 
 Every result is exact: integer products summed in int32, as the fake-quantized torch model sums
 the same integers in float.
@@ -31,14 +33,14 @@ def choose_intrinsic(cpu, act_dtype: str, in_channels: int, out_channels: int):
 
     candidates = []
     if cpu.arch == "x86_64":
-        if cpu.avx512_vnni and cpu.avx512 and act_dtype == "uint8":
-            candidates.append(intrinsics.vnni_16x4)
+        if cpu.avx512_vnni and cpu.avx512:
+            candidates.append(lambda: intrinsics.vnni_16x4(act_dtype))
         if cpu.avx512 and cpu.vector_bits >= 512:
             candidates.append(lambda: intrinsics.int16_pairs(512, act_dtype))
         if cpu.avx2:
             candidates.append(lambda: intrinsics.int16_pairs(256, act_dtype))
-    elif cpu.arch == "aarch64" and cpu.dotprod and act_dtype == "int8":
-        candidates.append(intrinsics.sdot_4x4)
+    elif cpu.arch == "aarch64" and cpu.dotprod:
+        candidates.append(lambda: intrinsics.sdot_4x4(act_dtype))
     for make in candidates:
         intrin = make()
         if out_channels % intrin.lanes == 0 and in_channels % intrin.group == 0:

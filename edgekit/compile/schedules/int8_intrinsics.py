@@ -55,10 +55,12 @@ class DotIntrin:
 AVX2_PAIRS = "edgekit_i16x2_pmaddwd_avx2"    # + "_u8" / "_i8": what the activations were
 AVX512_PAIRS = "edgekit_i16x2_pmaddwd_avx512"
 VNNI_16X4 = "edgekit_u8i8_16x4_vnni"
+VNNI_16X4_S8 = "edgekit_i8i8_16x4_vnni"   # signed activations: flipped to u8, corrected
 SDOT_4X4 = "edgekit_i8i8_4x4_sdot"
+SDOT_4X4_U8 = "edgekit_u8i8_4x4_sdot"     # unsigned activations: flipped to s8, corrected
 
 _INSTRUCTIONS = {AVX2_PAIRS: ("vpmaddwd",), AVX512_PAIRS: ("vpmaddwd",), VNNI_16X4: ("vpdpbusd",),
-                 SDOT_4X4: ("sdot",)}
+                 VNNI_16X4_S8: ("vpdpbusd",), SDOT_4X4: ("sdot",), SDOT_4X4_U8: ("sdot",)}
 
 _REGISTERED: dict[str, DotIntrin] = {}
 
@@ -73,14 +75,26 @@ def int16_pairs(vector_bits: int, act_dtype: str) -> DotIntrin:
                      "llvm.x86.avx2.pmadd.wd")
 
 
-def vnni_16x4() -> DotIntrin:
-    """AVX512-VNNI: u8 x s8 groups of 4 accumulated in int32 (vpdpbusd), TVM's dot_16x4_vnni."""
-    return _register(DotIntrin(VNNI_16X4, 16, 4, "uint8", "int8"), "llvm.x86.avx512.vpdpbusd.512")
+def vnni_16x4(act_dtype: str = "uint8") -> DotIntrin:
+    """AVX512-VNNI: u8 x s8 groups of 4 accumulated in int32 (vpdpbusd), TVM's dot_16x4_vnni.
+
+    Signed activations go through the same instruction flipped to unsigned (a + 128, an XOR of
+    the sign bit) and the call subtracts 128 * sum(w) again: exact in int32.
+    """
+    name = VNNI_16X4 if act_dtype == "uint8" else VNNI_16X4_S8
+    return _register(DotIntrin(name, 16, 4, act_dtype, "int8"), "llvm.x86.avx512.vpdpbusd.512")
 
 
-def sdot_4x4() -> DotIntrin:
-    """Armv8.2 dotprod: s8 x s8 groups of 4 accumulated in int32 (sdot), TVM's dot_4x4_i8i8s32_sdot."""
-    return _register(DotIntrin(SDOT_4X4, 4, 4, "int8", "int8"), "llvm.aarch64.neon.sdot.v4i32.v16i8")
+def sdot_4x4(act_dtype: str = "int8") -> DotIntrin:
+    """Armv8.2 dotprod: s8 x s8 groups of 4 accumulated in int32 (sdot), TVM's dot_4x4_i8i8s32_sdot.
+
+    Unsigned activations (ReLU outputs, 0..255; sdot has no u8 x s8 form without i8mm) are
+    flipped to signed (a - 128, an XOR of the sign bit) and the call adds 128 * sum(w) back,
+    computed by one more sdot of the same weights that LLVM shares across the register tile's
+    columns (same operands): exact in int32.
+    """
+    name = SDOT_4X4 if act_dtype == "int8" else SDOT_4X4_U8
+    return _register(DotIntrin(name, 4, 4, act_dtype, "int8"), "llvm.aarch64.neon.sdot.v4i32.v16i8")
 
 
 def _register(intrin: DotIntrin, llvm_name: str) -> DotIntrin:
@@ -137,6 +151,7 @@ def _desc_and_impl(intrin: DotIntrin, llvm_name: str):
     a_lanes_all = f"{a_dtype}x{total}"
     b_vec = f"{b_dtype}x{total}"
     c_vec = f"int32x{lanes}"
+    bytes_vec = f"int8x{total}"  # LLVM 20's vpdpbusd.512 takes <64 x i8> operands (older ones <16 x i32>)
 
     if intrin.family in (AVX2_PAIRS, AVX512_PAIRS):
         @T.prim_func(s_tir=True)
@@ -162,8 +177,43 @@ def _desc_and_impl(intrin: DotIntrin, llvm_name: str):
                 T.writes(C[0:lanes])
                 C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id(llvm_name), C.vload([0], c_vec),
-                    T.broadcast(T.reinterpret(A.vload([0], a_vec), dtype=word), lanes),
-                    T.reinterpret(B.vload([0, 0], b_vec), dtype=c_vec), dtype=c_vec)
+                    T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], a_vec), dtype=word), lanes),
+                                  dtype=bytes_vec),
+                    B.vload([0, 0], b_vec), dtype=c_vec)
+    elif intrin.name == VNNI_16X4_S8:  # (a + 128) x w, minus 128 x w
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (group,), a_dtype, offset_factor=1)
+            B = T.match_buffer(b, (lanes, group), b_dtype, offset_factor=1)
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+                T.writes(C[0:lanes])
+                C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm_name), C.vload([0], c_vec),
+                    T.reinterpret(T.bitwise_xor(T.broadcast(T.reinterpret(A.vload([0], a_vec), dtype=word), lanes),
+                                                T.broadcast(T.int32(-2139062144), lanes)),  # 0x80808080
+                                  dtype=bytes_vec),
+                    B.vload([0, 0], b_vec), dtype=c_vec) - T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm_name), T.broadcast(T.int32(0), lanes),
+                    T.broadcast(T.int8(-128), total), B.vload([0, 0], b_vec), dtype=c_vec)
+    elif intrin.name == SDOT_4X4_U8:  # (a - 128) x w, plus 128 x w (= minus sdot(-128, w))
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (group,), a_dtype, offset_factor=1)
+            B = T.match_buffer(b, (lanes, group), b_dtype, offset_factor=1)
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+                T.writes(C[0:lanes])
+                C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm_name), C.vload([0], c_vec),
+                    T.reinterpret(T.bitwise_xor(T.broadcast(T.reinterpret(A.vload([0], a_vec), dtype=word), lanes),
+                                                T.broadcast(T.int32(-2139062144), lanes)),
+                                  dtype="int8x16"),
+                    B.vload([0, 0], b_vec), dtype=c_vec) - T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm_name), T.broadcast(T.int32(0), lanes),
+                    T.broadcast(T.int8(-128), 16), B.vload([0, 0], b_vec), dtype=c_vec)
     else:  # sdot takes 16 x i8 operands
         @T.prim_func(s_tir=True)
         def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
