@@ -104,12 +104,16 @@ def test_schedule_picks_the_dot_product_instruction_from_the_target():
     assert choose_intrinsic(vnni, "int8", 16, 32).instructions == ("vpdpbusd",)
     assert choose_intrinsic(vnni, "uint8", 16, 24).instructions == ("vpmaddwd",)  # 24 is no 16-lane multiple
     assert choose_intrinsic(rpi5, "uint8", 16, 16).instructions == ("sdot",)
+    rpi4 = CpuInfo(arch="aarch64", mcpu="cortex-a72", vector_bits=128, num_cores=4, neon=True)
+    assert choose_intrinsic(rpi4, "uint8", 16, 16).instructions == ("smlal",)
     assert choose_intrinsic(avx2, "uint8", 3, 16) is None  # an RGB stem: no reduction group of 2
 
 
 @pytest.mark.parametrize("profile, objdump, instructions", [
     ("x86-avx2", "objdump", ("vpmaddwd",)),
     ("rpi5", "aarch64-linux-gnu-objdump", ("sdot",)),
+    ("rpi4", "aarch64-linux-gnu-objdump", ("smlal", "smlal2")),        # Cortex-A72: no dotprod
+    ("rpi3-armv7", "arm-linux-gnueabihf-objdump", ("vmlal.s16",)),
 ])
 def test_cross_built_int8_kernels_use_the_dot_product_instruction(build, profile, objdump, instructions):
     if shutil.which(objdump) is None:

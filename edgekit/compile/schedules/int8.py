@@ -11,6 +11,7 @@ features, never from the compiling machine:
 | x86 AVX2                     | any         | vpmaddwd ymm on int16 pairs | 8 x 2         |
 | aarch64 dotprod (rpi5)       | int8        | sdot                        | 4 x 4         |
 |                              | uint8       | sdot on a^0x80, plus 128*sum(w)      | 4 x 4 |
+| NEON without dotprod (rpi4, armv7) | any   | smlal/smlal2 on int16       | 8 x 4         |
 
 Every result is exact: integer products summed in int32, as the fake-quantized torch model sums
 the same integers in float.
@@ -39,8 +40,11 @@ def choose_intrinsic(cpu, act_dtype: str, in_channels: int, out_channels: int):
             candidates.append(lambda: intrinsics.int16_pairs(512, act_dtype))
         if cpu.avx2:
             candidates.append(lambda: intrinsics.int16_pairs(256, act_dtype))
-    elif cpu.arch == "aarch64" and cpu.dotprod:
-        candidates.append(lambda: intrinsics.sdot_4x4(act_dtype))
+    else:
+        if cpu.arch == "aarch64" and cpu.dotprod:
+            candidates.append(lambda: intrinsics.sdot_4x4(act_dtype))
+        if cpu.neon:
+            candidates.append(lambda: intrinsics.neon_smlal(act_dtype))
     for make in candidates:
         intrin = make()
         if out_channels % intrin.lanes == 0 and in_channels % intrin.group == 0:

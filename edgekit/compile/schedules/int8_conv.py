@@ -88,8 +88,12 @@ def schedule_conv(sch, kernel: ConvKernel, intrin: DotIntrin, *, registers: int)
 
     # Weights: OHWI -> [O/lanes][KH][KW][I/group][lanes][group] (and widened for int16 pairs).
     packed = sch.cache_read(conv, 1, "global")
-    sch.transform_layout(packed, ("write", 0),
-                         lambda o, kh, kw, i: (o // lanes, kh, kw, i // group, o % lanes, i % group))
+    if intrin.k_major:
+        sch.transform_layout(packed, ("write", 0),
+                             lambda o, kh, kw, i: (o // lanes, kh, kw, i // group, i % group, o % lanes))
+    else:
+        sch.transform_layout(packed, ("write", 0),
+                             lambda o, kh, kw, i: (o // lanes, kh, kw, i // group, o % lanes, i % group))
     if intrin.weight_dtype != "int8":
         sch.unsafe_set_dtype(packed, 0, intrin.weight_dtype)
 

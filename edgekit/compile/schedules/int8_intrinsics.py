@@ -42,6 +42,9 @@ class DotIntrin:
     # says the same, so tensorize matches it (and it is the truth: the values fit 8 bits).
     narrow_act: str | None = None
     narrow_weight: str | None = None
+    # Weights stored [group][lanes] (one vector of lanes per reduction element) instead of
+    # [lanes][group]: for the multiply-accumulate-by-element form (smlal), no dot product.
+    k_major: bool = False
 
     @property
     def instructions(self) -> tuple[str, ...]:
@@ -58,9 +61,11 @@ VNNI_16X4 = "edgekit_u8i8_16x4_vnni"
 VNNI_16X4_S8 = "edgekit_i8i8_16x4_vnni"   # signed activations: flipped to u8, corrected
 SDOT_4X4 = "edgekit_i8i8_4x4_sdot"
 SDOT_4X4_U8 = "edgekit_u8i8_4x4_sdot"     # unsigned activations: flipped to s8, corrected
+NEON_SMLAL = "edgekit_i16_8x4_smlal_neon"  # + "_u8" / "_i8"
 
 _INSTRUCTIONS = {AVX2_PAIRS: ("vpmaddwd",), AVX512_PAIRS: ("vpmaddwd",), VNNI_16X4: ("vpdpbusd",),
-                 VNNI_16X4_S8: ("vpdpbusd",), SDOT_4X4: ("sdot",), SDOT_4X4_U8: ("sdot",)}
+                 VNNI_16X4_S8: ("vpdpbusd",), SDOT_4X4: ("sdot",), SDOT_4X4_U8: ("sdot",),
+                 NEON_SMLAL: ("smlal",)}
 
 _REGISTERED: dict[str, DotIntrin] = {}
 
@@ -95,6 +100,18 @@ def sdot_4x4(act_dtype: str = "int8") -> DotIntrin:
     """
     name = SDOT_4X4 if act_dtype == "int8" else SDOT_4X4_U8
     return _register(DotIntrin(name, 4, 4, act_dtype, "int8"), "llvm.aarch64.neon.sdot.v4i32.v16i8")
+
+
+def neon_smlal(act_dtype: str) -> DotIntrin:
+    """NEON without dotprod (Cortex-A72 rpi4, armv7 rpi3): int16 multiply-accumulate by element.
+
+    Activations and weights are widened to int16 when they are staged (exact: |a * w| <= 32640),
+    and each call adds ``group`` products of one activation with a vector of 8 weights into
+    int32: plain widening vector arithmetic, which LLVM selects as smlal/smlal2 (no intrinsic
+    call, so the same body serves aarch64 and armv7).
+    """
+    suffix = "_u8" if act_dtype == "uint8" else "_i8"
+    return _register(DotIntrin(NEON_SMLAL + suffix, 8, 4, "int16", "int16", act_dtype, "int8", k_major=True), "")
 
 
 def _register(intrin: DotIntrin, llvm_name: str) -> DotIntrin:
@@ -144,6 +161,22 @@ def _desc_and_impl(intrin: DotIntrin, llvm_name: str):
                     C[vi] = C[vi] + T.Cast("int32", T.Cast(a_narrow, A[vk])) * T.Cast(
                         "int32", T.Cast(b_narrow, B[vi, vk]))
 
+    @T.prim_func(s_tir=True)
+    def desc_k_major(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (group,), a_dtype, offset_factor=1)
+        B = T.match_buffer(b, (group, lanes), b_dtype, offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:group, 0:lanes])
+            T.writes(C[0:lanes])
+            for i, k in T.grid(lanes, group):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.Cast("int32", T.Cast(a_narrow, A[vk])) * T.Cast(
+                        "int32", T.Cast(b_narrow, B[vk, vi]))
+
+    if intrin.k_major:
+        return desc_k_major, _smlal_impl(intrin)
     if intrin.narrow_act:
         desc = desc_widened  # noqa: F811
     assert a_bits * group == 32, "A's group must be one 32-bit word"
@@ -231,3 +264,28 @@ def _desc_and_impl(intrin: DotIntrin, llvm_name: str):
 
     return desc, impl
 
+
+
+def _smlal_impl(intrin: DotIntrin):
+    from tvm.script import tirx as T
+
+    lanes, group = intrin.lanes, intrin.group
+    assert group == 4
+    b_vec, c_vec = f"int16x{lanes}", f"int32x{lanes}"
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (group,), "int16", offset_factor=1)
+        B = T.match_buffer(b, (group, lanes), "int16", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:group, 0:lanes])
+            T.writes(C[0:lanes])
+            C[T.ramp(T.int32(0), 1, lanes)] = (
+                C.vload([0], c_vec)
+                + T.Cast(c_vec, B.vload([0, 0], b_vec)) * T.broadcast(T.Cast("int32", A[0]), lanes)
+                + T.Cast(c_vec, B.vload([1, 0], b_vec)) * T.broadcast(T.Cast("int32", A[1]), lanes)
+                + T.Cast(c_vec, B.vload([2, 0], b_vec)) * T.broadcast(T.Cast("int32", A[2]), lanes)
+                + T.Cast(c_vec, B.vload([3, 0], b_vec)) * T.broadcast(T.Cast("int32", A[3]), lanes))
+
+    return impl
