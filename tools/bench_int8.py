@@ -175,6 +175,137 @@ def accuracy(paths: dict[str, str], limit: int) -> dict:
     return {key: round(100 * evaluate(path, data), 2) for key, path in paths.items()}
 
 
+# ------------------------------------------------------------------ per kernel, vs a scheduled fp32 conv
+
+KERNEL_SHAPES = (  # (height, width, in, out, kernel, stride): the zoo CNN's and the 224 models' convs
+    (14, 14, 24, 24, 3, 1), (14, 14, 24, 48, 3, 2), (7, 7, 48, 48, 3, 1), (56, 56, 64, 64, 3, 1),
+    (28, 28, 128, 128, 3, 1), (28, 28, 32, 128, 1, 1), (14, 14, 256, 64, 1, 1))
+
+
+def conv_module(h, w, cin, cout, k, stride, int8: bool):
+    """One NHWC conv + bias + ReLU (+ the int8 requantize) as a Relax module, seeded constants."""
+    import numpy as np
+    from tvm import relax
+
+    rng = np.random.default_rng(0)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, h, w, cin), "uint8" if int8 else "float32"))
+    pad = k // 2
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            if int8:
+                weight = relax.const(rng.integers(-127, 128, (cout, k, k, cin)).astype("int8"))
+                acc = bb.emit(relax.op.nn.conv2d(x, weight, strides=stride, padding=pad, data_layout="NHWC",
+                                                 kernel_layout="OHWI", out_dtype="int32"))
+                y = relax.op.astype(acc, "float32") * relax.const(rng.random(cout).astype("float32") * 1e-3)
+            else:
+                weight = relax.const(rng.standard_normal((cout, k, k, cin)).astype("float32"))
+                y = relax.op.nn.conv2d(x, weight, strides=stride, padding=pad, data_layout="NHWC",
+                                       kernel_layout="OHWI")
+            y = relax.op.nn.relu(y + relax.const(rng.standard_normal(cout).astype("float32")))
+            if int8:
+                y = relax.op.astype(relax.op.minimum(relax.op.round(y * relax.const(10.0, "float32")),
+                                                     relax.const(255.0, "float32")), "uint8")
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def fp32_reference_schedule(func, registers: int, lanes: int):
+    """The DESIGN.md section 11 register-tiled NHWC fp32 schedule (packed weights, FMA over lanes)."""
+    from tvm import s_tir
+
+    from edgekit.compile.schedules.int8_conv import register_tile
+
+    sch = s_tir.Schedule(func)
+    blocks = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    index = blocks.index("conv2d_nhwc")
+    conv = sch.get_sblock("conv2d_nhwc")
+    packed = sch.cache_read(conv, 1, "global")
+    sch.transform_layout(packed, ("write", 0), lambda o, kh, kw, i: (o // lanes, kh, kw, i, o % lanes))
+    n, y, x, o, ky, kx, i = sch.get_loops(conv)
+    cout, width = int(sch.get(o).extent), int(sch.get(x).extent)
+    o_tile, x_tile = register_tile(cout // lanes, width, registers)
+    o_vec, o_lane = sch.split(o, [None, lanes])
+    o_out, o_in = sch.split(o_vec, [None, o_tile])
+    x_out, x_in = sch.split(x, [None, x_tile])
+    sch.reorder(n, y, x_out, o_out, ky, kx, i, x_in, o_in, o_lane)
+    *middle, last = blocks[index + 1:]
+    for name in middle:
+        sch.compute_inline(sch.get_sblock(name))
+    sch.reverse_compute_at(sch.get_sblock(last), o_out)
+    sch.vectorize(sch.split(sch.get_loops(sch.get_sblock(last))[-1], [None, lanes])[1])
+    sch.set_scope(conv, 0, "local")
+    sch.vectorize(o_lane)
+    sch.unroll(x_in)
+    sch.unroll(o_in)
+    sch.decompose_reduction(conv, ky)
+    return sch
+
+
+def build_kernel(mod, target, schedule):
+    """Relax module -> VM executable, with ``schedule(func)`` applied to the conv PrimFunc."""
+    import tvm
+    from tvm import relax, tirx
+
+    from edgekit.compile.build import _cpu_pipeline_stages, lowering_passes
+
+    @tvm.transform.module_pass(opt_level=0, name="BenchSchedule")
+    def apply(mod, _ctx):
+        for gvar, func in list(mod.functions_items()):
+            if isinstance(func, tirx.PrimFunc) and "conv2d" in gvar.name_hint:
+                mod[gvar] = schedule(func).mod["main"].with_attr("tirx.is_scheduled", True)
+        return mod
+
+    @tvm.transform.module_pass(opt_level=0, name="BenchPipeline")
+    def pipeline(mod, _ctx):
+        stages = _cpu_pipeline_stages()
+        with target:
+            return tvm.transform.Sequential([*lowering_passes(target), apply, *stages.dataflow_lower_passes(target),
+                                             *stages.finalize_passes(target)])(mod)
+
+    with target:
+        return relax.VirtualMachine(tvm.compile(mod, target, relax_pipeline=pipeline), tvm.cpu())
+
+
+def bench_kernels(target_name: str, rounds: int) -> list[dict]:
+    import numpy as np
+    import tvm
+
+    from edgekit.compile.build import resolve_tvm_target
+    from edgekit.compile.schedules import cpu_info
+    from edgekit.compile.schedules.int8 import rules, vector_registers
+    from edgekit.targets import load_target
+
+    target = resolve_tvm_target(load_target(target_name))
+    info = cpu_info(target)
+    int8_rule = rules(info)[0]
+    rows = []
+    for h, w, cin, cout, k, stride in KERNEL_SHAPES:
+        log(f"kernel {h}x{w} {cin}->{cout} k{k} s{stride}")
+        vms = {"fp32": build_kernel(conv_module(h, w, cin, cout, k, stride, False), target,
+                                    lambda f: fp32_reference_schedule(f, vector_registers(info), info.f32_lanes)),
+               "int8": build_kernel(conv_module(h, w, cin, cout, k, stride, True), target,
+                                    lambda f: int8_rule.apply(f, target, False))}
+        rng = np.random.default_rng(1)
+        inputs = {"fp32": tvm.runtime.tensor(rng.standard_normal((1, h, w, cin)).astype("float32")),
+                  "int8": tvm.runtime.tensor(rng.integers(0, 256, (1, h, w, cin)).astype("uint8"))}
+        macs = (h // stride) * (w // stride) * cout * cin * k * k
+        number = max(5, int(2e8 / macs))
+        medians = {key: [] for key in vms}
+        for _ in range(rounds):
+            for key, vm in vms.items():
+                timer = vm.time_evaluator("main", tvm.cpu(), number=number, repeat=3)
+                medians[key].append(statistics.median(timer(inputs[key]).results) * 1e3)
+        fp32_ms, int8_ms = (statistics.median(medians[key]) for key in ("fp32", "int8"))
+        rows.append({"shape": f"{h}x{w} {cin}->{cout} {k}x{k} s{stride}", "macs": macs,
+                     "fp32_ms": round(fp32_ms, 4), "int8_ms": round(int8_ms, 4),
+                     "fp32_gmacs": round(macs / fp32_ms / 1e6, 1), "int8_gmacs": round(macs / int8_ms / 1e6, 1),
+                     "speedup": round(fp32_ms / int8_ms, 2)})
+        log(f"  fp32 {fp32_ms:.4f} ms, int8 {int8_ms:.4f} ms, {fp32_ms / int8_ms:.2f}x")
+    return rows
+
+
 def markdown(result: dict) -> str:
     lines = [f"# int8 vs fp32, default schedules ({result['target']}, ISA {result['isa']})", "",
              f"{result['when']}, {result['machine']}; 1 thread, batch 1, median of {result['rounds']} interleaved "
@@ -191,6 +322,15 @@ def markdown(result: dict) -> str:
                   "subset), compiled artifacts via edgekit.evaluate: "
                   f"fp32 {acc['fp32']:.2f}%, int8 {acc['int8']:.2f}% (difference {acc['int8'] - acc['fp32']:+.2f} "
                   "points)."]
+    if result.get("kernels"):
+        lines += ["", "Per kernel: the int8 rule vs a register-tiled vectorized fp32 NHWC conv scheduled the same way "
+                  "(DESIGN.md section 11: packed weights, FMA over the lanes, same register tiles), conv + bias + ReLU "
+                  "(+ requantize for int8), TVM time_evaluator, median of interleaved rounds:", "",
+                  "| conv (HxW in->out kxk stride) | MMAC | fp32 ms | int8 ms | fp32 GMAC/s | int8 GMAC/s | int8 speed-up |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for k in result["kernels"]:
+            lines.append(f"| {k['shape']} | {k['macs'] / 1e6:.1f} | {k['fp32_ms']:.4f} | {k['int8_ms']:.4f} | "
+                         f"{k['fp32_gmacs']} | {k['int8_gmacs']} | {k['speedup']:.2f}x |")
     lines += ["", "Unscheduled kernels of the int8 builds (left to other rules or naive):", ""]
     for row in result["models"]:
         lines.append(f"- {row['model']}: {', '.join(row['int8_unscheduled']) or 'none'}")
@@ -206,6 +346,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-s", type=float, default=1.0, help="timed seconds per artifact per round (about)")
     ap.add_argument("--eval-limit", type=int, default=2000)
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--kernels-only", action="store_true", help="only the per-kernel table")
+    ap.add_argument("--no-kernels", action="store_true", help="skip the per-kernel table")
     args = ap.parse_args(argv)
 
     import tvm  # noqa: F401  (the ISA line below reads the resolved target)
@@ -217,7 +359,8 @@ def main(argv=None) -> int:
     info = cpu_info(resolve_tvm_target(load_target(args.target)))
     work = Path(tempfile.mkdtemp(prefix="bench-int8-"))
     rows, artifacts = [], {}
-    for name in args.models.split(","):
+    kernels = [] if args.no_kernels else bench_kernels(args.target, args.rounds)
+    for name in ([] if args.kernels_only else args.models.split(",")):
         log(f"compiling {name}")
         int8 = compile_variant(name, "int8", args.target, work)
         fp32 = (compile_in_tree(name, "fp32", args.target, work, Path(args.fp32_tree)) if args.fp32_tree
@@ -236,7 +379,8 @@ def main(argv=None) -> int:
         log(f"{name}: fp32 {rows[-1]['fp32_ms']} ms, int8 {rows[-1]['int8_ms']} ms, {rows[-1]['speedup']}x")
     result = {"target": args.target, "isa": info.isa, "cpu": info.mcpu, "machine": platform.processor() or
               platform.machine(), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "rounds": args.rounds, "fp32_tree": args.fp32_tree or "this tree", "models": rows}
+              "rounds": args.rounds, "fp32_tree": args.fp32_tree or "this tree", "models": rows,
+              "kernels": kernels}
     if "zoo:fmnist-resnet" in artifacts and args.eval_limit:
         log("accuracy")
         acc = accuracy({k: v["path"] for k, v in artifacts["zoo:fmnist-resnet"].items()}, args.eval_limit)

@@ -108,6 +108,10 @@ def schedule_conv(sch, kernel: ConvKernel, intrin: DotIntrin, *, registers: int)
     _fuse_epilogue(sch, kernel, o_out, lanes)
     init = sch.decompose_reduction(conv, ky)
     sch.tensorize(o_lane, intrin.name)
+    if kernel.epilogue:
+        # The int32 sums live only inside one register tile: a "local" buffer there (a global one
+        # would be a workspace allocation per tile).  After tensorize: the intrinsics' buffers are global.
+        sch.set_scope(init, 0, "local")
     sch.unroll(x_in)
     sch.unroll(o_in)
     init_loops = sch.get_loops(init)
