@@ -131,7 +131,7 @@ def test_vnni_target_uses_vpdpbusd(build, tmp_path_factory):
                        'triple = "x86_64-linux-gnu"\n'
                        'tvm_target = { kind = "llvm", mtriple = "x86_64-linux-gnu", mcpu = "znver5", '
                        'num-cores = 1 }\n')
-    artifact = build(profile)
+    artifact = build(str(profile))
     assert len(_manifest(artifact)["schedules"]["by_rule"].get(INT8_RULE, [])) == 4
     assert "vpdpbusd" in _disassembly(artifact, "objdump")
 
