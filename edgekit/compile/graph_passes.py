@@ -148,7 +148,7 @@ def integer_quantized_ops():
         if abs(float(_const_array(matches[out_scale])) - s_x) > 1e-12 * max(1.0, abs(s_x)):
             return expr  # the output is not rescaled by the same activation scale
         s_w = _const_array(matches[w_scale]).astype(np.float64).reshape(-1)
-        act = relax.op.astype(clip, act_dtype)
+        act = relax.op.astype(_clamp(clip.args[0], low, high), act_dtype)
         if conv in matches:
             call = matches[conv]
             attrs = call.attrs
@@ -177,6 +177,18 @@ def integer_quantized_ops():
         return mod
 
     return _pass
+
+
+def _clamp(expr, low: int, high: int):
+    """clip as maximum/minimum: ConvertLayout has no layout rule for relax.clip and would wrap each
+    one in an NHWC->NCHW->NHWC transpose pair (two extra kernels per layer); the elementwise pair
+    follows the conv's layout and fuses into the producing kernel's epilogue."""
+    import_tvm()
+    from tvm import relax
+
+    # The quantized activations are float32: quantize.py exports round(x / s) in float.
+    return relax.op.minimum(relax.op.maximum(expr, relax.const(float(low), "float32")),
+                            relax.const(float(high), "float32"))
 
 
 def _prim_int(expr):

@@ -1,0 +1,151 @@
+"""The int8 schedule rule: exact integer kernels on the target's dot-product instruction.
+
+Real parts: edgekit.compress.quantize on a small seeded CNN, the real TVM build for each
+profile, the host runtime, objdump on the cross-built libraries, and (slow) the emulated Pi.
+The model has signed activations (the network input, a conv without ReLU after it) and unsigned
+ones (after ReLU), 3x3, strided and 1x1 convs, and a Linear layer.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+SHAPE = (1, 16, 12, 12)
+INT8_RULE = "Int8Conv2D"
+
+
+class _Calibration:
+    def __init__(self):
+        import torch
+
+        self.x = torch.randn(16, *SHAPE[1:], generator=torch.Generator().manual_seed(0))
+
+    def batches(self, batch_size):
+        for i in range(0, len(self.x), batch_size):
+            yield self.x[i:i + batch_size], None
+
+
+def _float_model():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),              # s8 input (the network's)
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),               # u8 input, no ReLU after it
+        nn.Conv2d(32, 32, 1), nn.ReLU(),                         # s8 input, 1x1 without padding
+        nn.Conv2d(32, 16, 3, padding=1), nn.ReLU(),              # u8 input
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    from edgekit.compress.quantize import QuantizeConfig, quantize_model
+
+    return quantize_model(_float_model(), _Calibration(), QuantizeConfig(calibration_size=16))
+
+
+@pytest.fixture(scope="module")
+def build(quantized, tmp_path_factory):
+    """compile_model for a profile name or TOML path, once per profile."""
+    from edgekit.compile import compile_model
+
+    out = tmp_path_factory.mktemp("int8-builds")
+    cache = {}
+
+    def make(profile):
+        key = str(profile)
+        if key not in cache:
+            cache[key] = compile_model(quantized, profile, input_shapes=[SHAPE], out_dir=out, tuning=False,
+                                       tolerance={"atol": 1e-4, "rtol": 1e-4})
+        return cache[key]
+
+    return make
+
+
+def _manifest(artifact) -> dict:
+    return json.loads((artifact.path / "manifest.json").read_text())
+
+
+def _disassembly(artifact, objdump: str) -> str:
+    library = next(p for p in artifact.path.iterdir() if p.suffix == ".so")
+    return subprocess.run([objdump, "-d", "--no-show-raw-insn", str(library)], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def test_host_int8_kernels_are_exact_and_scheduled_by_the_int8_rule(build):
+    from edgekit.run import run_artifact
+
+    artifact = build("host")
+    schedules = _manifest(artifact)["schedules"]
+    assert len(schedules["by_rule"].get(INT8_RULE, [])) == 4, schedules  # all four convs
+    assert not any("conv2d" in name for name in schedules["unscheduled"]), schedules
+    # The artifact's reference outputs are the fake-quantized torch model's on seeded inputs.
+    # Integer sums are exact; what is left is float rounding of the requantize epilogue (the
+    # float model multiplies by s_x then s_w, the kernel by s_x * s_w), far below one int8 step.
+    check = run_artifact(artifact, warmup=0, repeats=1).output_check
+    assert check["passed"] and check["max_abs_error"] < 1e-5, check
+
+
+def test_schedule_picks_the_dot_product_instruction_from_the_target():
+    from edgekit.compile.schedules.int8 import choose_intrinsic
+    from edgekit.compile.schedules.target_info import CpuInfo
+
+    avx2 = CpuInfo(arch="x86_64", mcpu="haswell", vector_bits=256, num_cores=1, avx2=True)
+    vnni = CpuInfo(arch="x86_64", mcpu="znver5", vector_bits=512, num_cores=1, avx2=True, avx512=True,
+                   avx512_vnni=True)
+    rpi5 = CpuInfo(arch="aarch64", mcpu="cortex-a76", vector_bits=128, num_cores=4, neon=True, dotprod=True)
+    assert choose_intrinsic(avx2, "uint8", 16, 16).instructions == ("vpmaddwd",)
+    assert choose_intrinsic(vnni, "uint8", 16, 32).instructions == ("vpdpbusd",)
+    assert choose_intrinsic(vnni, "int8", 16, 32).instructions == ("vpdpbusd",)
+    assert choose_intrinsic(vnni, "uint8", 16, 24).instructions == ("vpmaddwd",)  # 24 is no 16-lane multiple
+    assert choose_intrinsic(rpi5, "uint8", 16, 16).instructions == ("sdot",)
+    rpi4 = CpuInfo(arch="aarch64", mcpu="cortex-a72", vector_bits=128, num_cores=4, neon=True)
+    assert choose_intrinsic(rpi4, "uint8", 16, 16).instructions == ("smlal",)
+    assert choose_intrinsic(avx2, "uint8", 3, 16) is None  # an RGB stem: no reduction group of 2
+
+
+@pytest.mark.parametrize("profile, objdump, instructions", [
+    ("x86-avx2", "objdump", ("vpmaddwd",)),
+    ("rpi5", "aarch64-linux-gnu-objdump", ("sdot",)),
+    ("rpi4", "aarch64-linux-gnu-objdump", ("smlal", "smlal2")),        # Cortex-A72: no dotprod
+    ("rpi3-armv7", "arm-linux-gnueabihf-objdump", ("vmlal.s16",)),
+])
+def test_cross_built_int8_kernels_use_the_dot_product_instruction(build, profile, objdump, instructions):
+    if shutil.which(objdump) is None:
+        pytest.skip(f"{objdump} is not installed")
+    artifact = build(profile)
+    assert len(_manifest(artifact)["schedules"]["by_rule"].get(INT8_RULE, [])) == 4
+    text = _disassembly(artifact, objdump)
+    for instruction in instructions:
+        assert f"\t{instruction} " in text or f"\t{instruction}\t" in text, f"no {instruction} in the {profile} build"
+
+
+def test_vnni_target_uses_vpdpbusd(build, tmp_path_factory):
+    profile = tmp_path_factory.mktemp("profiles") / "znver5.toml"
+    profile.write_text('description = "AVX-512 VNNI host"\nkind = "cpu"\narch = "x86_64"\n'
+                       'triple = "x86_64-linux-gnu"\n'
+                       'tvm_target = { kind = "llvm", mtriple = "x86_64-linux-gnu", mcpu = "znver5", '
+                       'num-cores = 1 }\n')
+    artifact = build(str(profile))
+    assert len(_manifest(artifact)["schedules"]["by_rule"].get(INT8_RULE, [])) == 4
+    assert "vpdpbusd" in _disassembly(artifact, "objdump")
+
+
+@pytest.mark.slow
+def test_rpi5_int8_build_matches_the_reference_on_the_emulated_pi(build, emulated_pi, capsys):
+    from edgekit.cli.main import main
+
+    artifact = build("rpi5")
+    argv = ["deploy", "--artifact", str(artifact.path), "--host", emulated_pi.host_spec, "-i",
+            str(emulated_pi.client_key), "--known-hosts", str(emulated_pi.known_hosts), "--no-agent",
+            "--warmup", "1", "--repeats", "2", "--json"]
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out)["devices"][0]["report"]
+    assert report["device"]["machine"] == "aarch64"
+    assert report["output_check"]["passed"], report["output_check"]
+    assert report["output_check"]["max_abs_error"] < 1e-4
