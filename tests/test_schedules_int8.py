@@ -100,9 +100,9 @@ def test_schedule_picks_the_dot_product_instruction_from_the_target():
                    avx512_vnni=True)
     rpi5 = CpuInfo(arch="aarch64", mcpu="cortex-a76", vector_bits=128, num_cores=4, neon=True, dotprod=True)
     assert choose_intrinsic(avx2, "uint8", 16, 16).instructions == ("vpmaddwd",)
-    assert choose_intrinsic(vnni, "uint8", 16, 32).instructions == ("vpdpbusd",)
-    assert choose_intrinsic(vnni, "int8", 16, 32).instructions == ("vpdpbusd",)
-    assert choose_intrinsic(vnni, "uint8", 16, 24).instructions == ("vpmaddwd",)  # 24 is no 16-lane multiple
+    # AVX-512 targets use the 256-bit pair path until the 512-bit build is fast (see choose_intrinsic).
+    assert choose_intrinsic(vnni, "uint8", 16, 32).instructions == ("vpmaddwd",)
+    assert choose_intrinsic(vnni, "int8", 16, 32).instructions == ("vpmaddwd",)
     assert choose_intrinsic(rpi5, "uint8", 16, 16).instructions == ("sdot",)
     rpi4 = CpuInfo(arch="aarch64", mcpu="cortex-a72", vector_bits=128, num_cores=4, neon=True)
     assert choose_intrinsic(rpi4, "uint8", 16, 16).instructions == ("smlal",)
@@ -123,17 +123,6 @@ def test_cross_built_int8_kernels_use_the_dot_product_instruction(build, profile
     text = _disassembly(artifact, objdump)
     for instruction in instructions:
         assert f"\t{instruction} " in text or f"\t{instruction}\t" in text, f"no {instruction} in the {profile} build"
-
-
-def test_vnni_target_uses_vpdpbusd(build, tmp_path_factory):
-    profile = tmp_path_factory.mktemp("profiles") / "znver5.toml"
-    profile.write_text('description = "AVX-512 VNNI host"\nkind = "cpu"\narch = "x86_64"\n'
-                       'triple = "x86_64-linux-gnu"\n'
-                       'tvm_target = { kind = "llvm", mtriple = "x86_64-linux-gnu", mcpu = "znver5", '
-                       'num-cores = 1 }\n')
-    artifact = build(str(profile))
-    assert len(_manifest(artifact)["schedules"]["by_rule"].get(INT8_RULE, [])) == 4
-    assert "vpdpbusd" in _disassembly(artifact, "objdump")
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 The kernel this schedules is what edgekit.compile.graph_passes.integer_quantized_ops leaves
 after ConvertLayout, LegalizeOps and FuseTIR: ``pad_temp`` (optional), a ``conv2d_nhwc`` block
 
-    acc[n, y, x, o] += int32(pad[n, y*s + ky*d, x*s + kx*d, i]) * int32(w[o, ky, kx, i])   # w OHWI int8
+    acc[n, y, x, o] += int32(pad[n, y*s + ky*d, x*s + kx*d, i]) * int32(w[o, ky, kx, i])   # w OHWI (or HWIO) int8
 
 and the fused requantize epilogue (cast to float, scale, bias, ReLU, the next layer's rounding).
 
@@ -37,6 +37,7 @@ class ConvKernel:
     in_channels: int
     out_width: int
     epilogue: tuple[str, ...]  # the blocks after the conv, in order
+    weight_layout: str = "OHWI"  # "HWIO" after edgekit's CPU layout pass, "OHWI" as the int8 pass emits it
 
 
 def find_conv(sch) -> ConvKernel | None:
@@ -55,8 +56,11 @@ def find_conv(sch) -> ConvKernel | None:
             continue
         act, weight = product
         vs = [v.var for v in block.iter_vars]
-        # OHWI weights read at exactly (o, ky, kx, i); activations with i innermost.
-        if len(weight.indices) != 4 or not all(_is_var(e, v) for e, v in zip(weight.indices, (vs[3], vs[4], vs[5], vs[6]))):
+        # Weights read at exactly (o, ky, kx, i) (OHWI) or (ky, kx, i, o) (HWIO); activations with i innermost.
+        layouts = {"OHWI": (vs[3], vs[4], vs[5], vs[6]), "HWIO": (vs[4], vs[5], vs[6], vs[3])}
+        weight_layout = next((name for name, order in layouts.items() if len(weight.indices) == 4
+                              and all(_is_var(e, v) for e, v in zip(weight.indices, order))), None)
+        if weight_layout is None:
             continue
         if len(act.indices) != 4 or not _is_var(act.indices[3], vs[6]):
             continue
@@ -68,7 +72,7 @@ def find_conv(sch) -> ConvKernel | None:
         in_channels = int(load_buffer(act).shape[3])
         return ConvKernel(conv=block.name_hint, act_dtype=str(load_buffer(act).dtype), act_producer=producer,
                           out_channels=out_shape[3], in_channels=in_channels, out_width=out_shape[2],
-                          epilogue=tuple(b.name_hint for b in blocks[index + 1:]))
+                          epilogue=tuple(b.name_hint for b in blocks[index + 1:]), weight_layout=weight_layout)
     return None
 
 
@@ -88,12 +92,16 @@ def schedule_conv(sch, kernel: ConvKernel, intrin: DotIntrin, *, registers: int)
 
     # Weights: OHWI -> [O/lanes][KH][KW][I/group][lanes][group] (and widened for int16 pairs).
     packed = sch.cache_read(conv, 1, "global")
-    if intrin.k_major:
-        sch.transform_layout(packed, ("write", 0),
-                             lambda o, kh, kw, i: (o // lanes, kh, kw, i // group, i % group, o % lanes))
+
+    def pack(o, kh, kw, i):
+        if intrin.k_major:
+            return (o // lanes, kh, kw, i // group, i % group, o % lanes)
+        return (o // lanes, kh, kw, i // group, o % lanes, i % group)
+
+    if kernel.weight_layout == "HWIO":
+        sch.transform_layout(packed, ("write", 0), lambda kh, kw, i, o: pack(o, kh, kw, i))
     else:
-        sch.transform_layout(packed, ("write", 0),
-                             lambda o, kh, kw, i: (o // lanes, kh, kw, i // group, o % lanes, i % group))
+        sch.transform_layout(packed, ("write", 0), pack)
     if intrin.weight_dtype != "int8":
         sch.unsafe_set_dtype(packed, 0, intrin.weight_dtype)
 
