@@ -26,9 +26,6 @@ def build_candidate(mod, target, _params):
     from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
-    from edgekit.compile.schedules import fast_math
-
-    fast_math.enable()  # the same exp/erf lowering a deploy ships (edgekit.compile.build.cpu_pipeline)
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     return tvm_build(mod, target=target)
 
