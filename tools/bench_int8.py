@@ -7,7 +7,7 @@ int8 calibrated on random inputs).  Each is compiled for ``--target`` (default: 
 as int8 (edgekit.compress.quantize, per-channel weights); both artifacts are timed with
 edgekit.run.run_artifact (1 thread, batch 1) in interleaved rounds, median of round medians.
 
-The fp32 artifacts can come from another edgekit tree (``--fp32-tree /work/main``: compiled in a
+The fp32 artifacts can come from another edgekit tree (``--fp32-tree PATH/TO/OTHER/CHECKOUT``: compiled in a
 subprocess with that tree on PYTHONPATH), so int8 is compared with whatever fp32 default
 schedules that tree has; timing is always here, in one process, interleaved.
 

@@ -120,3 +120,29 @@ def vectorize_inner(sch, block_rv, lanes: int) -> None:
         sch.vectorize(sch.split(inner, factors=[None, lanes])[1])
     elif extent % 4 == 0:
         sch.vectorize(sch.split(inner, factors=[None, 4])[1])
+
+
+class Float32Rule:
+    """Base of the matmul and reduction rules: float32 kernels only, and a rule never breaks a build.
+
+    ``apply`` checks the target and the dtypes, then calls ``_schedule(sch)``; anything a schedule
+    primitive refuses makes the rule decline (None), so the kernel is logged as unscheduled.
+    Subclasses also derive from TVM's CPUScheduleRule (for ``is_target_available``), listed after this.
+    """
+
+    def __init__(self, cpu):
+        self.cpu = cpu
+
+    def apply(self, func, target, _tunable):
+        from tvm import s_tir
+
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        try:
+            sch = s_tir.Schedule(func)
+            return self._schedule(sch) if all_float32(sch) else None
+        except Exception:  # noqa: BLE001 (a rule never breaks a build: the kernel is logged as unscheduled)
+            return None
+
+    def _schedule(self, sch):
+        raise NotImplementedError

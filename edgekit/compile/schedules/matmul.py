@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from edgekit.compile.tvm_env import import_tvm
 
 _tvm = import_tvm()
-from tvm import s_tir, tirx  # noqa: E402
+from tvm import tirx  # noqa: E402
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule  # noqa: E402
 
 from edgekit.compile.schedules import dense_analysis as util  # noqa: E402
@@ -125,25 +125,14 @@ def _match_matmul(sch) -> _MatmulShape | None:
                         n=extents[j], kdim=extents[k], nt_buffer_index=nt_index)
 
 
-class Matmul(CPUScheduleRule):
+class Matmul(util.Float32Rule, CPUScheduleRule):
     """Register-tiled dense / matmul / batch_matmul with the fused epilogue applied in registers."""
 
     def __init__(self, cpu):
         self.cpu = cpu
         self.tile = tile_for(cpu)
 
-    def apply(self, func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        try:
-            return self._schedule(func)
-        except Exception:  # noqa: BLE001 (a rule never breaks a build: the kernel is logged as unscheduled)
-            return None
-
-    def _schedule(self, func):
-        sch = s_tir.Schedule(func)
-        if not util.all_float32(sch):
-            return None
+    def _schedule(self, sch):
         shape = _match_matmul(sch)
         if shape is None:
             return None

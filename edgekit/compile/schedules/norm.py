@@ -16,7 +16,7 @@ from __future__ import annotations
 from edgekit.compile.tvm_env import import_tvm
 
 _tvm = import_tvm()
-from tvm import s_tir, tirx  # noqa: E402
+from tvm import tirx  # noqa: E402
 from tvm.s_tir.dlight.analysis import normalize_prim_func  # noqa: E402
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule  # noqa: E402
 
@@ -27,24 +27,10 @@ def _leading_spatial(dom_kind: str) -> int:
     return len(dom_kind) - len(dom_kind.lstrip("S"))
 
 
-class RowReduction(CPUScheduleRule):
+class RowReduction(util.Float32Rule, CPUScheduleRule):
     """Softmax / layer norm: all stages at the row loop, reductions rfactored into vectors."""
 
-    def __init__(self, cpu):
-        self.cpu = cpu
-
-    def apply(self, func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        try:
-            return self._schedule(func)
-        except Exception:  # noqa: BLE001 (a rule never breaks a build: the kernel is logged as unscheduled)
-            return None
-
-    def _schedule(self, func):
-        sch = s_tir.Schedule(func)
-        if not util.all_float32(sch):
-            return None
+    def _schedule(self, sch):
         infos = normalize_prim_func(sch)
         if infos is None or len(infos) < 2 or infos[-1].is_reduction() or not any(b.is_reduction() for b in infos):
             return None

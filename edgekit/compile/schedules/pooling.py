@@ -15,7 +15,7 @@ from __future__ import annotations
 from edgekit.compile.tvm_env import import_tvm
 
 _tvm = import_tvm()
-from tvm import s_tir, sym, tirx  # noqa: E402
+from tvm import sym, tirx  # noqa: E402
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule  # noqa: E402
 
 from edgekit.compile.schedules import dense_analysis as util  # noqa: E402
@@ -36,28 +36,14 @@ def _is_padding(sch, block_rv) -> bool:
             and "if_then_else" in str(stmt.body.value)[:200])
 
 
-class SpatialReduction(CPUScheduleRule):
+class SpatialReduction(util.Float32Rule, CPUScheduleRule):
     """Vectorize (or unroll) a single reduction over the output's innermost axis."""
 
     # Independent scalar accumulators when the axis is strided in the input: enough to cover
     # the add latency (4 cycles x 2 ports) without spilling.
     scalar_group = 8
 
-    def __init__(self, cpu):
-        self.cpu = cpu
-
-    def apply(self, func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        try:
-            return self._schedule(func)
-        except Exception:  # noqa: BLE001 (a rule never breaks a build: the kernel is logged as unscheduled)
-            return None
-
-    def _schedule(self, func):
-        sch = s_tir.Schedule(func)
-        if not util.all_float32(sch):
-            return None
+    def _schedule(self, sch):
         blocks = util.root_blocks(sch)
         reductions = [b for b in blocks if util.is_reduction(sch, b)]
         if len(reductions) != 1:
@@ -121,27 +107,13 @@ class SpatialReduction(CPUScheduleRule):
         return sch
 
 
-class VariableWindowPool(CPUScheduleRule):
+class VariableWindowPool(util.Float32Rule, CPUScheduleRule):
     """Adaptive pooling to a size that does not divide the input (7 -> 2): LegalizeOps writes an
     outer block per output with an inner loop whose extent varies with the window.  No
     vector axis runs through it; the schedule computes the epilogue (the divide by the window
     size) at the output element, so the sums never round-trip through memory."""
 
-    def __init__(self, cpu):
-        self.cpu = cpu
-
-    def apply(self, func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        try:
-            return self._schedule(func)
-        except Exception:  # noqa: BLE001 (a rule never breaks a build: the kernel is logged as unscheduled)
-            return None
-
-    def _schedule(self, func):
-        sch = s_tir.Schedule(func)
-        if not util.all_float32(sch):
-            return None
+    def _schedule(self, sch):
         blocks = util.root_blocks(sch)
         nested = [b for b in blocks if not isinstance(sch.get(b).body, tirx.BufferStore)]
         if len(nested) != 1 or not util.is_reduction(sch, nested[0]) or len(sch.get_child_blocks(nested[0])) != 1:
