@@ -58,6 +58,11 @@ def ApplySchedules(target, log: ScheduleLog | None = None):  # noqa: N802 (a pas
                 break
             else:
                 log.unscheduled.append(name)
+        if not updated:
+            return mod
+        # A copy: assigning into ``mod`` would change the caller's module in place (tuning keeps
+        # its tasks' modules and looks records up by them after measuring the default schedule).
+        mod = mod.clone()
         for gvar, func in updated.items():
             mod[gvar] = func
         return mod
