@@ -98,6 +98,11 @@ class FaultProxy:
         with contextlib.suppress(OSError):
             self._listener.close()
         for s in self._sockets:
+            # shutdown first: close() alone does not send FIN while a pump thread is still blocked in
+            # recv() on the socket, and the device's sshd then never learns the link is gone (its
+            # session kept the device lock until the agent's idle timeout).
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 s.close()
 
