@@ -94,12 +94,14 @@ def optimize_graph(mod, target):
     tvm = import_tvm()
     from tvm import relax
 
+    from edgekit.compile.const_fold import FoldConstantsWithNumpy
     from edgekit.compile.graph_passes import integer_quantized_ops, layout_passes
 
     # Integer kernels first (CPU only): FoldConstant would turn the int8 weights into float constants.
     integer = [integer_quantized_ops()] if target.kind.name == "llvm" else []
     passes = [*integer, relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
-              relax.transform.CanonicalizeBindings(), relax.transform.FoldConstant(), *layout_passes(target)]
+              relax.transform.CanonicalizeBindings(), FoldConstantsWithNumpy(), relax.transform.FoldConstant(),
+              *layout_passes(target)]
     mod = tvm.transform.Sequential(passes)(mod)
     return mod
 

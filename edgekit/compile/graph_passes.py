@@ -44,7 +44,9 @@ def layout_passes(target) -> list:
     if layout is None:
         return []
     desired = {"relax.nn.conv2d": list(layout), "relax.nn.conv1d": list(CPU_CONV1D_LAYOUT)}
-    return [clip_as_min_max(), relax.transform.ConvertLayout(desired),
+    from edgekit.compile.const_fold import FoldConstantsWithNumpy
+
+    return [clip_as_min_max(), relax.transform.ConvertLayout(desired), FoldConstantsWithNumpy(),
             relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings()]
 
 
