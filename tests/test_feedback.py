@@ -161,9 +161,12 @@ def test_search_avoids_a_slow_width_that_flops_would_choose(shared, tmp_path):
     group, step = "layer2.conv1", 0.2
     flops_width = flops_proposal(model, group, input_shape=shape, step_ratio=step)
     assert flops_width == 8
-    # layer2.conv1's conv at that width (8 -> w, 3x3) becomes 4 ms slower on this device
+    # layer2.conv1's conv at that width (8 -> w, 3x3) becomes 4 ms slower on this device.  Its full width
+    # (16) sleeps 1 ms: with the default schedules the whole tiny model runs in ~0.05 ms, and a 25% budget
+    # below that is within the noise of a shared machine; with the sleep the start model is ~1.05 ms.
     device = slow_local_device([{"weight_shape": [flops_width, 8, 3, 3], "out_shape": [1, flops_width, 14, 14],
-                                 "sleep_ms": 4.0}])
+                                 "sleep_ms": 4.0},
+                                {"weight_shape": [16, 8, 3, 3], "out_shape": [1, 16, 14, 14], "sleep_ms": 1.0}])
     baseline_ms = _baseline_ms(shared, device)
     result = optimize_model(
         model, shared["data"], latency_budget_ms=baseline_ms * 0.75, device=device, run_dir=tmp_path / "run",
@@ -187,7 +190,7 @@ def test_search_avoids_a_slow_width_that_flops_would_choose(shared, tmp_path):
                               input_shape=shape).model
     artifact = compile_model(flops_model, "host", input_shapes=[shape], out_dir=shared["artifacts"])
     flops_ms = device.measure(artifact, repeats=20).stats["median_ms"]
-    assert flops_ms > baseline_ms + 3.0 > first["latency_ms"] + 3.0
+    assert flops_ms > baseline_ms + 2.0 > first["latency_ms"] + 2.0
 
 
 @pytest.mark.slow
@@ -307,7 +310,10 @@ def test_without_kernel_timing_the_search_measures_whole_models(shared, tmp_path
     from edgekit.optimize import optimize_model
     from edgekit.optimize.devices import no_kernel_timing_local_device
 
-    device = no_kernel_timing_local_device()
+    # layer2.conv1 at its full width sleeps 1 ms (the tiny model alone runs in ~0.05 ms: a 20% budget below
+    # that is noise); pruning it is the step that meets the budget, found by whole-model measurements.
+    device = no_kernel_timing_local_device(
+        slow_kernels=[{"weight_shape": [16, 8, 3, 3], "out_shape": [1, 16, 14, 14], "sleep_ms": 1.0}])
     baseline_ms = _baseline_ms(shared, device)
     result = optimize_model(shared["model"], shared["data"], latency_budget_ms=baseline_ms * 0.8, device=device,
                             run_dir=tmp_path / "run", cache_dir=shared["cache"], artifacts_dir=shared["artifacts"],

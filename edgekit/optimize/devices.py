@@ -145,9 +145,17 @@ class SshDevice(Device):
                 "threads": self.threads}
 
 
-def no_kernel_timing_local_device(*, threads: int = 1) -> LocalDevice:
-    """This machine with a runner that gives no per-kernel timing (as an older runner on a board would)."""
-    from edgekit.testing.slow_runner import NO_KERNELS_ENV
+def no_kernel_timing_local_device(*, threads: int = 1, slow_kernels: list[dict[str, Any]] | None = None
+                                  ) -> LocalDevice:
+    """This machine with a runner that gives no per-kernel timing (as an older runner on a board would),
+    optionally with slow kernels as in ``slow_local_device``."""
+    import hashlib
 
-    return LocalDevice(threads=threads, runner_path=SLOW_RUNNER_PATH, env={NO_KERNELS_ENV: "1"},
-                       identity="local-no-kernel-timing")
+    from edgekit.testing.slow_runner import NO_KERNELS_ENV, SLOW_ENV
+
+    env = {NO_KERNELS_ENV: "1"}
+    identity = "local-no-kernel-timing"
+    if slow_kernels:
+        env[SLOW_ENV] = json.dumps(slow_kernels, sort_keys=True)
+        identity += f"-slow-{hashlib.sha256(env[SLOW_ENV].encode()).hexdigest()[:12]}"
+    return LocalDevice(threads=threads, runner_path=SLOW_RUNNER_PATH, env=env, identity=identity)

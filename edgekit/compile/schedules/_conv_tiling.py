@@ -14,6 +14,10 @@ The schedule (DESIGN.md section 11's probe, 1.08-1.21x ONNX Runtime on Zen 5):
                 acc += x[oh*s + kh*d, (ow_o*tw + ow_i)*s + kw*d, ic] * w[kh, kw, ic, oc]
         out[...] = epilogue(acc)             # vectorized, fused: the accumulator never leaves registers
 
+A squeeze-excitation conv (1x1 spatial, MobileNetV3's SE) may end in a broadcasting tail, the
+multiply that scales the feature map by the excitation: the conv is tiled as above and the
+tail runs as one vectorized elementwise nest over the feature map.
+
 With HWIO weights (edgekit.compile.graph_passes) the weights of one tile are ct contiguous
 vector loads, the input one broadcast per ow_i: tw*ct FMAs for tw+ct loads.  Depthwise
 convolutions vectorize the same way over channels (the input is then a vector load, not a
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgekit.compile.schedules._common import (PARALLEL_MIN_MACS, BlockFacts, block_facts, debug_schedules,
+from edgekit.compile.schedules._common import (PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_MACS, BlockFacts, block_facts, debug_schedules,
                                                inline_into_last, largest_divisor, register_budget)
 from edgekit.compile.tvm_env import import_tvm
 
@@ -42,6 +46,7 @@ class ConvKernel:
     in_channels: int        # all groups
     weight_bytes: int
     input_bytes: int
+    tail: list[BlockFacts] = ()  # elementwise blocks over a larger (broadcast) shape after the epilogue
 
     @property
     def out_channels(self) -> int:
@@ -90,11 +95,16 @@ def match_conv(func) -> ConvKernel | None:
     in_elems = 1
     for s in in_shape:
         in_elems *= s
-    for f in epilogue:  # the epilogue must cover the conv's output, element for element
-        if f.extents != spatial:
-            return None
+    # The epilogue covers the conv's output element for element, up to a broadcasting tail: a
+    # squeeze-excitation conv (1x1 spatial) fused with the multiply that scales the feature map.
+    same = 0
+    while same < len(epilogue) and epilogue[same].extents == spatial:
+        same += 1
+    epilogue, tail = epilogue[:same], epilogue[same:]
+    if tail and any(len(f.extents) != len(spatial) or f.extents[-1] != spatial[-1] for f in tail):
+        return None  # the tail must keep the channels innermost
     return ConvKernel(sch, pad, conv, epilogue, spatial, reduce, in_channels=in_shape[-1],
-                      weight_bytes=4 * weight_elems, input_bytes=4 * in_elems)
+                      weight_bytes=4 * weight_elems, input_bytes=4 * in_elems, tail=tail)
 
 
 @dataclass(frozen=True)
@@ -195,7 +205,27 @@ def schedule_conv(kernel: ConvKernel, cpu, *, depthwise: bool):
     init_loops = sch.get_loops(init)
     if tile.lanes > 1:
         sch.vectorize(init_loops[-1])
+    if kernel.tail and not _schedule_tail(sch, kernel.tail, cpu):
+        return None
     return sch
+
+
+def _schedule_tail(sch, tail, cpu) -> bool:
+    """The broadcasting tail as one vectorized elementwise loop nest (its work is the feature map's)."""
+    if not inline_into_last(sch, tail):
+        return False
+    last = tail[-1]
+    loops = sch.get_loops(last.rv)
+    lanes = largest_divisor(last.extents[-1], cpu.f32_lanes)
+    if lanes > 1:
+        _, lane = sch.split(loops[-1], [None, lanes])
+        sch.vectorize(lane)
+    elements = 1
+    for e in last.extents:
+        elements *= e
+    if elements >= PARALLEL_MIN_ELEMENTS and cpu.num_cores > 1 and len(loops) > 1:
+        sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
+    return True
 
 
 def _fuse_batch_rows(sch, n, rows):

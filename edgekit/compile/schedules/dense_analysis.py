@@ -91,11 +91,12 @@ def read_index(block, buffer) -> int:
     raise ValueError("buffer not read by the block")
 
 
-def all_float32(sch) -> bool:
-    """Every buffer every block reads or writes is float32 (integer kernels belong to the int8 rules)."""
+def all_float32(sch, masks: tuple[str, ...] = ()) -> bool:
+    """Every buffer every block reads or writes is float32 (integer kernels belong to the int8 rules),
+    or of one of the ``masks`` dtypes, as long as some buffer is float32."""
     blocks = root_blocks(sch)
-    regions = [r for b in blocks for r in (*sch.get(b).reads, *sch.get(b).writes)]
-    return bool(regions) and all(str(r.source.dtype) == "float32" for r in regions)
+    dtypes = {str(r.source.dtype) for b in blocks for r in (*sch.get(b).reads, *sch.get(b).writes)}
+    return "float32" in dtypes and dtypes <= {"float32", *masks}
 
 
 def swap_last_two(ndim: int):
@@ -130,6 +131,10 @@ class Float32Rule:
     Subclasses also derive from TVM's CPUScheduleRule (for ``is_target_available``), listed after this.
     """
 
+    # Dtypes a kernel may hold besides float32.  torch's attention softmax ("safe softmax": rows that
+    # are all -inf give 0, not NaN) computes a bool/int8 row mask beside its float rows.
+    MASK_DTYPES: tuple[str, ...] = ()
+
     def __init__(self, cpu):
         self.cpu = cpu
 
@@ -140,7 +145,7 @@ class Float32Rule:
             return None
         try:
             sch = s_tir.Schedule(func)
-            return self._schedule(sch) if all_float32(sch) else None
+            return self._schedule(sch) if all_float32(sch, self.MASK_DTYPES) else None
         except Exception:  # noqa: BLE001 (a rule never breaks a build: the kernel is logged as unscheduled)
             return None
 

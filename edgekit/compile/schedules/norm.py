@@ -23,12 +23,20 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule  # noqa: E402
 from edgekit.compile.schedules import dense_analysis as util  # noqa: E402
 
 
+def _is_contraction(block) -> bool:
+    """``C += A * B`` over two different buffers (a matmul); ``sum(x * x)`` of a norm is not one."""
+    operands = util.multiply_accumulate_operands(block.body)
+    return operands is not None and not operands[0].source.same_as(operands[1].source)
+
+
 def _leading_spatial(dom_kind: str) -> int:
     return len(dom_kind) - len(dom_kind.lstrip("S"))
 
 
 class RowReduction(util.Float32Rule, CPUScheduleRule):
     """Softmax / layer norm: all stages at the row loop, reductions rfactored into vectors."""
+
+    MASK_DTYPES = ("bool", "int8")
 
     def _schedule(self, sch):
         infos = normalize_prim_func(sch)
@@ -41,6 +49,8 @@ class RowReduction(util.Float32Rule, CPUScheduleRule):
         # Every reduction must reduce only trailing axes of the rows (dom_kind S..SR..R).
         if any(b.is_reduction() and kinds[n][rows_axes:].strip("R") for n, b in enumerate(infos)):
             return None
+        if any(b.is_reduction() and _is_contraction(sch.get(b.block_rv)) for b in infos):
+            return None  # a matmul with its epilogue is the Matmul rule's, even when that rule declined
         lanes = self.cpu.f32_lanes
         partials = {}  # rfactor block name -> its lanes axis in the partial buffer
         for info in infos:

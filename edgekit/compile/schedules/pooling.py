@@ -39,6 +39,8 @@ def _is_padding(sch, block_rv) -> bool:
 class SpatialReduction(util.Float32Rule, CPUScheduleRule):
     """Vectorize (or unroll) a single reduction over the output's innermost axis."""
 
+    MASK_DTYPES = ("bool", "int8")  # the "any finite in the row" reduction of torch's safe softmax
+
     # Independent scalar accumulators when the axis is strided in the input: enough to cover
     # the add latency (4 cycles x 2 ports) without spilling.
     scalar_group = 8
