@@ -123,3 +123,56 @@ def test_quantized_model_compiles_with_tvm_and_matches_torch_on_the_artifact(dig
 def test_bad_quantize_options_fail_clearly(bad):
     with pytest.raises(RecipeError, match="quantize"):
         QuantizeConfig(**bad)
+
+
+def test_layers_that_are_more_than_a_plain_conv_or_linear_quantize_correctly():
+    """EfficientNet's static "same" padding is kept in the int8 conv; nn.MultiheadAttention's out_proj
+    (read by the attention's functional forward, not called) and a conv with a forward of its own
+    stay float, with a warning for the latter; the quantized model stays close to the float one."""
+    import warnings
+
+    import torch
+    import torch.nn as nn
+    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
+
+    from edgekit.compress.qlayers import QuantConv2d, QuantLinear
+    from edgekit.compress.quantize import QuantizeConfig, quantize_model
+
+    class ReflectConv(nn.Conv2d):  # a forward of its own: not a plain convolution
+        def forward(self, x):
+            return super().forward(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.same = Conv2dStaticSamePadding(3, 8, 5, stride=2, image_size=16)
+            self.dynamic = ReflectConv(8, 8, 3, stride=2)
+            self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = torch.relu(self.dynamic(torch.relu(self.same(x))))
+            tokens = x.flatten(2).transpose(1, 2)
+            tokens = tokens + self.attention(tokens, tokens, tokens, need_weights=False)[0]
+            return self.head(tokens.mean(1))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    calibration = [(torch.randn(4, 3, 16, 16), None)]
+
+    class Data:
+        def batches(self, _size):
+            return iter(calibration)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quantized = quantize_model(model, Data(), QuantizeConfig())
+    assert isinstance(quantized.same, QuantConv2d) and isinstance(quantized.head, QuantLinear)
+    assert type(quantized.dynamic) is ReflectConv
+    assert type(quantized.attention.out_proj) is not QuantLinear
+    assert any("dynamic" in str(w.message) and "stays float" in str(w.message) for w in caught)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected, actual = model(x), quantized(x)
+    assert actual.shape == expected.shape
+    assert float((actual - expected).abs().max() / expected.abs().max()) < 0.1

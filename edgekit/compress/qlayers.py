@@ -57,9 +57,15 @@ class QuantConv2d(_QuantMixin, nn.Module):
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
         self.dilation, self.groups = conv.dilation, conv.groups
+        # EfficientNet's Conv2dStaticSamePadding pads in a module of its own before the conv.
+        padding = getattr(conv, "static_padding", None)
+        self.static_padding = padding if isinstance(padding, nn.Module) else nn.Identity()
         self._init_quant(conv, granularity, act_scale, act_unsigned, quantize_act)
 
     def forward(self, x):
+        padding = getattr(self, "static_padding", None)  # absent in models pickled before it existed
+        if padding is not None:
+            x = padding(x)
         xq, s = self._quant_act(x)
         y = F.conv2d(xq, self.dequantized_weight(), None, self.stride, self.padding, self.dilation, self.groups)
         if s is not None:

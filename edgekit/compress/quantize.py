@@ -160,7 +160,8 @@ def quantize_model(model, calibration_data, config: QuantizeConfig = QuantizeCon
 
     QuantConv2d, QuantLinear = quant_classes()
     folded = fold_batchnorm(model)
-    layers = {n: m for n, m in folded.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    layers = {n: m for n, m in folded.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+              and _swappable(folded, n, m)}
     if not layers:
         raise RecipeError("quantize: the model has no Conv2d or Linear layer to quantize")
     observers = {n: _Observer() for n in layers}
@@ -182,6 +183,31 @@ def quantize_model(model, calibration_data, config: QuantizeConfig = QuantizeCon
         _set_module(folded, name, cls(layer, granularity=config.granularity, act_scale=scale,
                                       act_unsigned=unsigned, quantize_act=quantize_act))
     return folded.eval()
+
+
+def _swappable(model, name: str, layer) -> bool:
+    """Whether ``layer`` can be replaced by its int8 twin without changing what the model computes.
+
+    Not when its parent reads the weights itself (nn.MultiheadAttention's out_proj goes through
+    F.multi_head_attention_forward, never through the Linear's forward), nor when a subclass's own
+    forward does more than the convolution, unless it is the "same" padding of EfficientNet's
+    Conv2dStaticSamePadding (a ``static_padding`` module before the conv), which QuantConv2d keeps.
+    Such layers stay float, with a warning naming them.
+    """
+    import warnings
+
+    import torch.nn as nn
+
+    parent_name = name.rpartition(".")[0]
+    parent = model.get_submodule(parent_name) if parent_name else None
+    if isinstance(parent, nn.MultiheadAttention):
+        return False
+    base = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
+    if type(layer).forward is base.forward or isinstance(getattr(layer, "static_padding", None), nn.Module):
+        return True
+    warnings.warn(f"quantize: {name} ({type(layer).__name__}) has its own forward(); it stays float",
+                  stacklevel=3)
+    return False
 
 
 def weight_quantization_error(layer, granularity: str):
