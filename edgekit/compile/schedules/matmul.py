@@ -128,6 +128,10 @@ def _match_matmul(sch) -> _MatmulShape | None:
 class Matmul(util.Float32Rule, CPUScheduleRule):
     """Register-tiled dense / matmul / batch_matmul with the fused epilogue applied in registers."""
 
+    # The int8 Linear of a quantized model (u8/i8 x i8, int32 sums, a float requantize epilogue) takes
+    # the same tiling: the int32 accumulators are as wide as float32 ones, and LLVM widens the loads.
+    MASK_DTYPES = ("int8", "uint8", "int32")
+
     def __init__(self, cpu):
         self.cpu = cpu
         self.tile = tile_for(cpu)
