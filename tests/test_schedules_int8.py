@@ -101,13 +101,44 @@ def test_schedule_picks_the_dot_product_instruction_from_the_target():
                    avx512_vnni=True)
     rpi5 = CpuInfo(arch="aarch64", mcpu="cortex-a76", vector_bits=128, num_cores=4, neon=True, dotprod=True)
     assert choose_intrinsic(avx2, "uint8", 16, 16).instructions == ("vpmaddwd",)
-    # AVX-512 targets use the 256-bit pair path until the 512-bit build is fast (see choose_intrinsic).
-    assert choose_intrinsic(vnni, "uint8", 16, 32).instructions == ("vpmaddwd",)
-    assert choose_intrinsic(vnni, "int8", 16, 32).instructions == ("vpmaddwd",)
+    # VNNI targets: vpdpbusd on 256-bit registers (the 512-bit build is slow, see choose_intrinsic).
+    assert choose_intrinsic(vnni, "uint8", 16, 32).instructions == ("vpdpbusd",)
+    assert choose_intrinsic(vnni, "int8", 16, 32).lanes == 8
+    assert choose_intrinsic(vnni, "uint8", 6, 32).instructions == ("vpmaddwd",)  # 6 channels: no group of 4
+    avx_vnni = CpuInfo(arch="x86_64", mcpu="alderlake", vector_bits=256, num_cores=1, avx2=True, avx_vnni=True)
+    assert choose_intrinsic(avx_vnni, "int8", 16, 16).instructions == ("vpdpbusd",)
     assert choose_intrinsic(rpi5, "uint8", 16, 16).instructions == ("sdot",)
     rpi4 = CpuInfo(arch="aarch64", mcpu="cortex-a72", vector_bits=128, num_cores=4, neon=True)
     assert choose_intrinsic(rpi4, "uint8", 16, 16).instructions == ("smlal",)
     assert choose_intrinsic(avx2, "uint8", 3, 16) is None  # an RGB stem: no reduction group of 2
+
+
+VNNI_PROFILE = """description = "x86-64 with AVX-512 and VNNI (Zen 4)"
+kind = "cpu"
+arch = "x86_64"
+triple = "x86_64-linux-gnu"
+tvm_target = { kind = "llvm", mtriple = "x86_64-linux-gnu", mcpu = "znver4", num-cores = 2 }
+"""
+
+
+@pytest.fixture(scope="module")
+def vnni_profile(tmp_path_factory):
+    path = tmp_path_factory.mktemp("profiles") / "x86-vnni.toml"
+    path.write_text(VNNI_PROFILE)
+    return str(path)
+
+
+def test_vnni_build_uses_vpdpbusd_and_is_exact_where_it_can_run(build, vnni_profile):
+    """Cross-checked from the disassembly on any host; run (and checked against the fake-quantized torch
+    model) where this machine has AVX512-VNNI."""
+    from edgekit.run import run_artifact
+
+    artifact = build(vnni_profile)
+    assert len(_manifest(artifact)["schedules"]["by_rule"].get(INT8_RULE, [])) == 4
+    assert "vpdpbusd" in _disassembly(artifact, "objdump")
+    if "avx512_vnni" in open("/proc/cpuinfo").read():
+        check = run_artifact(artifact, warmup=0, repeats=1).output_check
+        assert check["passed"] and check["max_abs_error"] < 1e-5, check
 
 
 @pytest.mark.parametrize("profile, objdump, instructions", [

@@ -51,6 +51,7 @@ def export_models(names, work: Path) -> dict[str, Path]:
 
 
 def compile_seconds(tree: Path, program: Path, out: Path) -> float:
+    out.mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": str(tree), "EDGEKIT_CACHE": str(out / "cache"), "HF_HUB_OFFLINE": "1"}
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "compile", "--model", str(program),
@@ -86,14 +87,20 @@ def main(argv=None) -> int:
     try:
         programs = export_models(names, work)
         for name in names:
-            times = {"baseline": [], "current": []}
+            times, errors = {"baseline": [], "current": []}, {}
             for n in range(args.rounds):  # alternate, so load from other processes falls on both alike
                 for label, tree in (("baseline", baseline_tree), ("current", ROOT)):
-                    times[label].append(compile_seconds(tree, programs[name], work / f"{label}-{name}-{n}"))
-            row = {"model": name, **{k: round(sorted(v)[len(v) // 2], 1) for k, v in times.items()},
-                   "samples": {k: [round(x, 1) for x in v] for k, v in times.items()}}
-            row["ratio"] = round(row["current"] / row["baseline"], 2)
-            log(f"{name}: baseline {row['baseline']} s, current {row['current']} s ({row['ratio']}x)")
+                    if label in errors:
+                        continue
+                    try:
+                        times[label].append(compile_seconds(tree, programs[name],
+                                                            work / f"{label}-{name.replace(':', '_')}-{n}"))
+                    except RuntimeError as exc:  # the baseline could not compile every model
+                        errors[label] = str(exc).strip().splitlines()[-1][:300]
+            row = {"model": name, **{k: round(sorted(v)[len(v) // 2], 1) if v else None for k, v in times.items()},
+                   "samples": {k: [round(x, 1) for x in v] for k, v in times.items()}, "errors": errors}
+            row["ratio"] = round(row["current"] / row["baseline"], 2) if row["baseline"] and row["current"] else None
+            log(f"{name}: baseline {row['baseline']} s, current {row['current']} s ({row['ratio']}x) {errors or ''}")
             doc["models"].append(row)
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline_tree)],
@@ -114,7 +121,15 @@ def markdown(doc) -> str:
              f"rounds; load average at the end {tuple(round(x, 1) for x in doc['load_average_end'])}.", "",
              f"| model | {doc['baseline']} (s) | {doc['current']} (s) | ratio |", "|---|---:|---:|---:|"]
     for row in doc["models"]:
-        lines.append(f"| {row['model']} | {row['baseline']} | {row['current']} | {row['ratio']:.2f}x |")
+        cells = [row["baseline"] if row["baseline"] is not None else f"failed: {row['errors'].get('baseline')}",
+                 row["current"] if row["current"] is not None else f"failed: {row['errors'].get('current')}",
+                 f"{row['ratio']:.2f}x" if row["ratio"] is not None else "–"]
+        lines.append(f"| {row['model']} | " + " | ".join(str(c) for c in cells) + " |")
+    ratios = [row["ratio"] for row in doc["models"] if row["ratio"] is not None]
+    if ratios:
+        import math
+
+        lines.append(f"| geometric mean | | | {math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}x |")
     return "\n".join(lines) + "\n"
 
 

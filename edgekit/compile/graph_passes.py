@@ -70,6 +70,7 @@ def clip_as_min_max():
     def _pass(mod, _ctx):
         updates = {gv: rewrite_call(pattern, rewrite, func) for gv, func in mod.functions.items()
                    if isinstance(func, relax.Function)}
+        mod = mod.clone()  # assigning into the module given would change the caller's in place
         for gv, func in updates.items():
             mod[gv] = func
         return mod
@@ -95,6 +96,13 @@ def _prim_float(expr):
 
 
 # ------------------------------------------------------------------------------------------- int8
+
+# Input channels below which an ungrouped int8 conv stays a float kernel: the dot-product
+# intrinsics reduce groups of 4 (vpdpbusd, sdot, smlal) or 2 (vpmaddwd) contiguous channels.
+# (Depthwise convs have one input channel per group and stay int8: their own rule vectorizes
+# over channels.)
+MIN_INT8_REDUCTION_GROUP = 4
+
 
 def integer_quantized_ops():
     """A module pass: fake-quantized conv2d/matmul -> int8 x int8 kernels with int32 accumulation.
@@ -151,6 +159,11 @@ def integer_quantized_ops():
             return expr  # the output is not rescaled by the same activation scale
         s_w = _const_array(matches[w_scale]).astype(np.float64).reshape(-1)
         act = relax.op.astype(_clamp(clip.args[0], low, high), act_dtype)
+        if conv in matches and int(matches[conv].attrs.groups) == 1 and weights.shape[1] < MIN_INT8_REDUCTION_GROUP:
+            # An RGB stem (3 input channels): no target's dot-product group fits, and its int8 kernel
+            # ran 2x slower than the float one it replaces; the float kernel computes exactly what the
+            # fake-quantized model does.
+            return expr
         if conv in matches:
             call = matches[conv]
             attrs = call.attrs
@@ -174,6 +187,7 @@ def integer_quantized_ops():
         for gv, func in mod.functions.items():
             if isinstance(func, relax.Function):
                 updates[gv] = rewrite_call(pattern, rewrite, func)
+        mod = mod.clone()  # assigning into the module given would change the caller's in place
         for gv, func in updates.items():
             mod[gv] = func
         return mod

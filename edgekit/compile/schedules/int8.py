@@ -34,11 +34,12 @@ def choose_intrinsic(cpu, act_dtype: str, in_channels: int, out_channels: int):
 
     candidates = []
     if cpu.arch == "x86_64":
-        # AVX-512 targets (VNNI or not) take the 256-bit int16-pair path for now: with the 512-bit
-        # intrinsics (intrinsics.vnni_16x4, int16_pairs(512)) LLVM's code generation for a 4-conv test
-        # model took over 3 minutes of CPU on this 2-core host, against 21 s at 256 bits, and every
-        # int8 build on a Zen 5 host would pay it.  Next: a 256-bit vpdpbusd (AVX-VNNI / AVX512-VL)
-        # intrinsic, and finding what makes the 512-bit build slow.
+        # 256-bit registers on AVX-512 targets too: with the 512-bit intrinsics (intrinsics.vnni_16x4,
+        # int16_pairs(512)) LLVM's code generation for a 4-conv test model took over 3 minutes of CPU
+        # on a 2-core host, against 21 s at 256 bits.  VNNI at 256 bits (vpdpbusd ymm: AVX512-VL with
+        # VNNI, or AVX-VNNI) where the target has it, else int16 pairs (vpmaddwd, AVX2).
+        if (cpu.avx512 and cpu.avx512_vnni) or cpu.avx_vnni:
+            candidates.append(lambda: intrinsics.vnni_8x4(act_dtype))
         if cpu.avx2:
             candidates.append(lambda: intrinsics.int16_pairs(256, act_dtype))
     else:

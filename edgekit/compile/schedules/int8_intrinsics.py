@@ -59,12 +59,15 @@ AVX2_PAIRS = "edgekit_i16x2_pmaddwd_avx2"    # + "_u8" / "_i8": what the activat
 AVX512_PAIRS = "edgekit_i16x2_pmaddwd_avx512"
 VNNI_16X4 = "edgekit_u8i8_16x4_vnni"
 VNNI_16X4_S8 = "edgekit_i8i8_16x4_vnni"   # signed activations: flipped to u8, corrected
+VNNI_8X4 = "edgekit_u8i8_8x4_vnni"       # the 256-bit form (AVX512-VL + VNNI, or AVX-VNNI)
+VNNI_8X4_S8 = "edgekit_i8i8_8x4_vnni"
+_VNNI_U8, _VNNI_S8 = (VNNI_16X4, VNNI_8X4), (VNNI_16X4_S8, VNNI_8X4_S8)
 SDOT_4X4 = "edgekit_i8i8_4x4_sdot"
 SDOT_4X4_U8 = "edgekit_u8i8_4x4_sdot"     # unsigned activations: flipped to s8, corrected
 NEON_SMLAL = "edgekit_i16_8x4_smlal_neon"  # + "_u8" / "_i8"
 
 _INSTRUCTIONS = {AVX2_PAIRS: ("vpmaddwd",), AVX512_PAIRS: ("vpmaddwd",), VNNI_16X4: ("vpdpbusd",),
-                 VNNI_16X4_S8: ("vpdpbusd",), SDOT_4X4: ("sdot",), SDOT_4X4_U8: ("sdot",),
+                 VNNI_16X4_S8: ("vpdpbusd",), VNNI_8X4: ("vpdpbusd",), VNNI_8X4_S8: ("vpdpbusd",), SDOT_4X4: ("sdot",), SDOT_4X4_U8: ("sdot",),
                  NEON_SMLAL: ("smlal",)}
 
 _REGISTERED: dict[str, DotIntrin] = {}
@@ -88,6 +91,16 @@ def vnni_16x4(act_dtype: str = "uint8") -> DotIntrin:
     """
     name = VNNI_16X4 if act_dtype == "uint8" else VNNI_16X4_S8
     return _register(DotIntrin(name, 16, 4, act_dtype, "int8"), "llvm.x86.avx512.vpdpbusd.512")
+
+
+def vnni_8x4(act_dtype: str = "uint8") -> DotIntrin:
+    """vpdpbusd on 256-bit registers (AVX512-VL with VNNI, or AVX-VNNI): 8 lanes x groups of 4.
+
+    Twice the products per instruction of the int16 pairs, and the 256-bit code generation that
+    the 512-bit form lacks (see edgekit.compile.schedules.int8.choose_intrinsic).
+    """
+    name = VNNI_8X4 if act_dtype == "uint8" else VNNI_8X4_S8
+    return _register(DotIntrin(name, 8, 4, act_dtype, "int8"), "llvm.x86.avx512.vpdpbusd.256")
 
 
 def sdot_4x4(act_dtype: str = "int8") -> DotIntrin:
@@ -184,7 +197,7 @@ def _desc_and_impl(intrin: DotIntrin, llvm_name: str):
     a_lanes_all = f"{a_dtype}x{total}"
     b_vec = f"{b_dtype}x{total}"
     c_vec = f"int32x{lanes}"
-    bytes_vec = f"int8x{total}"  # LLVM 20's vpdpbusd.512 takes <64 x i8> operands (older ones <16 x i32>)
+    bytes_vec = f"int8x{total}"  # LLVM 20's vpdpbusd.512/.256 take <64|32 x i8> operands (older ones i32 words)
 
     if intrin.family in (AVX2_PAIRS, AVX512_PAIRS):
         @T.prim_func(s_tir=True)
@@ -199,7 +212,7 @@ def _desc_and_impl(intrin: DotIntrin, llvm_name: str):
                 a_all = T.reinterpret(T.broadcast(pair, lanes), dtype=a_lanes_all)
                 C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], c_vec) + T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id(llvm_name), a_all, B.vload([0, 0], b_vec), dtype=c_vec)
-    elif intrin.name == VNNI_16X4:  # vpdpbusd takes the u8 groups and the weights as int32 words
+    elif intrin.name in _VNNI_U8:  # vpdpbusd takes the u8 groups and the weights as int32 words
         @T.prim_func(s_tir=True)
         def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
             A = T.match_buffer(a, (group,), a_dtype, offset_factor=1)
@@ -213,7 +226,7 @@ def _desc_and_impl(intrin: DotIntrin, llvm_name: str):
                     T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], a_vec), dtype=word), lanes),
                                   dtype=bytes_vec),
                     B.vload([0, 0], b_vec), dtype=c_vec)
-    elif intrin.name == VNNI_16X4_S8:  # (a + 128) x w, minus 128 x w
+    elif intrin.name in _VNNI_S8:  # (a + 128) x w, minus 128 x w
         @T.prim_func(s_tir=True)
         def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
             A = T.match_buffer(a, (group,), a_dtype, offset_factor=1)
