@@ -37,8 +37,6 @@ def log(message: str) -> None:
 
 def export_models(names, work: Path) -> dict[str, Path]:
     import torch
-
-    sys.path.insert(0, str(ROOT / "tools"))
     from bench_speed import load_model
 
     paths = {}
@@ -125,11 +123,11 @@ def markdown(doc) -> str:
                  row["current"] if row["current"] is not None else f"failed: {row['errors'].get('current')}",
                  f"{row['ratio']:.2f}x" if row["ratio"] is not None else "–"]
         lines.append(f"| {row['model']} | " + " | ".join(str(c) for c in cells) + " |")
-    ratios = [row["ratio"] for row in doc["models"] if row["ratio"] is not None]
-    if ratios:
-        import math
+    from bench_speed import geometric_mean
 
-        lines.append(f"| geometric mean | | | {math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}x |")
+    mean = geometric_mean(row["ratio"] for row in doc["models"])  # skips the models one tree failed on
+    if mean is not None:
+        lines.append(f"| geometric mean | | | {mean:.2f}x |")
     return "\n".join(lines) + "\n"
 
 

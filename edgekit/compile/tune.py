@@ -236,8 +236,8 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
             stopped = "trials" if monitor.measured >= budget else "search_space"
         # Read back from disk: the database object the search wrote through no longer finds its own
         # records by workload (has_workload is False for them), so every count came out 0.
-        report = _report(profile, fingerprint, db_path, tuning_db.open_database(db_path), tasks, to_tune, in_database, monitor, gains,
-                         trials, elapsed, stopped, session, model_stats)
+        report = _report(profile, fingerprint, db_path, tuning_db.open_database(db_path), tasks, to_tune,
+                         in_database, monitor, gains, trials, elapsed, stopped, session, model_stats)
         say(f"tuning done: {report.trials_run} trials ({report.trials_ok} ok) in {elapsed:.0f} s, stopped by "
             f"{stopped}; the records save {report.kernel_gain_us:.1f} us per inference over the default schedules")
         return report

@@ -86,13 +86,18 @@ def slow_local_device(slow_kernels: list[dict[str, Any]], *, threads: int = 1) -
 
     ``slow_kernels``: ``[{"weight_shape": [O, I, KH, KW], "sleep_ms": S}, ...]``.
     """
-    from edgekit.testing.slow_runner import SLOW_ENV
+    env, tag = _slow_kernels_env(slow_kernels)
+    return LocalDevice(threads=threads, runner_path=SLOW_RUNNER_PATH, env=env, identity=f"local-slow-{tag}")
 
+
+def _slow_kernels_env(slow_kernels: list[dict[str, Any]]) -> tuple[dict[str, str], str]:
+    """The slow runner's environment for ``slow_kernels``, and a tag naming them in a device identity."""
     import hashlib
 
+    from edgekit.testing.slow_runner import SLOW_ENV
+
     text = json.dumps(slow_kernels, sort_keys=True)
-    return LocalDevice(threads=threads, runner_path=SLOW_RUNNER_PATH, env={SLOW_ENV: text},
-                       identity=f"local-slow-{hashlib.sha256(text.encode()).hexdigest()[:12]}")
+    return {SLOW_ENV: text}, hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 class SshDevice(Device):
@@ -149,13 +154,11 @@ def no_kernel_timing_local_device(*, threads: int = 1, slow_kernels: list[dict[s
                                   ) -> LocalDevice:
     """This machine with a runner that gives no per-kernel timing (as an older runner on a board would),
     optionally with slow kernels as in ``slow_local_device``."""
-    import hashlib
+    from edgekit.testing.slow_runner import NO_KERNELS_ENV
 
-    from edgekit.testing.slow_runner import NO_KERNELS_ENV, SLOW_ENV
-
-    env = {NO_KERNELS_ENV: "1"}
-    identity = "local-no-kernel-timing"
+    env, identity = {NO_KERNELS_ENV: "1"}, "local-no-kernel-timing"
     if slow_kernels:
-        env[SLOW_ENV] = json.dumps(slow_kernels, sort_keys=True)
-        identity += f"-slow-{hashlib.sha256(env[SLOW_ENV].encode()).hexdigest()[:12]}"
+        slow_env, tag = _slow_kernels_env(slow_kernels)
+        env.update(slow_env)
+        identity += f"-slow-{tag}"
     return LocalDevice(threads=threads, runner_path=SLOW_RUNNER_PATH, env=env, identity=identity)

@@ -71,6 +71,27 @@ def inline_into_last(sch, blocks: list[BlockFacts]) -> bool:
     return True
 
 
+def schedule_elementwise_nest(sch, block: BlockFacts, cpu) -> None:
+    """One all-spatial block: its innermost dimension split into vector lanes (vectorized), the outer
+    loops fused into one parallel loop when the block is large enough to pay for waking threads.
+
+    Only the innermost dimension is vectorized: fusing across dimensions would put a div/mod into
+    every index.
+    """
+    loops = sch.get_loops(block.rv)
+    if not loops:
+        return  # a scalar
+    lanes = largest_divisor(block.extents[-1], cpu.f32_lanes) if block.extents else 1
+    if lanes > 1:
+        _, lane = sch.split(loops[-1], [None, lanes])
+        sch.vectorize(lane)
+    elements = 1
+    for e in block.extents:
+        elements *= e
+    if elements >= PARALLEL_MIN_ELEMENTS and cpu.num_cores > 1 and len(loops) > 1:
+        sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
+
+
 def largest_divisor(n: int, limit: int) -> int:
     """The largest power of two <= limit dividing n (a vector that needs no tail)."""
     v = 1

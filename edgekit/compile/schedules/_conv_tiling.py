@@ -28,8 +28,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgekit.compile.schedules._common import (PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_MACS, BlockFacts, block_facts, debug_schedules,
-                                               inline_into_last, largest_divisor, register_budget)
+from edgekit.compile.schedules._common import (PARALLEL_MIN_MACS, BlockFacts, block_facts, debug_schedules,
+                                               inline_into_last, largest_divisor, register_budget,
+                                               schedule_elementwise_nest)
 from edgekit.compile.tvm_env import import_tvm
 
 
@@ -214,17 +215,7 @@ def _schedule_tail(sch, tail, cpu) -> bool:
     """The broadcasting tail as one vectorized elementwise loop nest (its work is the feature map's)."""
     if not inline_into_last(sch, tail):
         return False
-    last = tail[-1]
-    loops = sch.get_loops(last.rv)
-    lanes = largest_divisor(last.extents[-1], cpu.f32_lanes)
-    if lanes > 1:
-        _, lane = sch.split(loops[-1], [None, lanes])
-        sch.vectorize(lane)
-    elements = 1
-    for e in last.extents:
-        elements *= e
-    if elements >= PARALLEL_MIN_ELEMENTS and cpu.num_cores > 1 and len(loops) > 1:
-        sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
+    schedule_elementwise_nest(sch, tail[-1], cpu)
     return True
 
 

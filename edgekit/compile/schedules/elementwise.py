@@ -9,8 +9,8 @@ gathers in its inner loop; LLVM scalarizes such loads but the stores stay vector
 
 from __future__ import annotations
 
-from edgekit.compile.schedules._common import (PARALLEL_MIN_ELEMENTS, block_facts, debug_schedules,
-                                               inline_into_last, largest_divisor)
+from edgekit.compile.schedules._common import (block_facts, debug_schedules, inline_into_last,
+                                               schedule_elementwise_nest)
 from edgekit.compile.tvm_env import import_tvm
 
 
@@ -26,22 +26,7 @@ def schedule_injective(func, cpu):
             return None
         if not inline_into_last(sch, facts):
             return None
-        out = facts[-1].rv
-        loops = sch.get_loops(out)
-        if not loops:
-            return sch  # a scalar
-        extents = facts[-1].extents
-        total = 1
-        for e in extents:
-            total *= e
-        # Vectorize over the innermost dimension only (fusing across dims would put a div/mod
-        # into every index); its largest power-of-two factor up to the lane count.
-        lanes = largest_divisor(extents[-1], cpu.f32_lanes) if extents else 1
-        if lanes > 1:
-            _, lane = sch.split(loops[-1], [None, lanes])
-            sch.vectorize(lane)
-        if total >= PARALLEL_MIN_ELEMENTS and cpu.num_cores > 1 and len(loops) > 1:
-            sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
+        schedule_elementwise_nest(sch, facts[-1], cpu)
         return sch
     except Exception:  # noqa: BLE001  (an unexpected shape: logged unscheduled, never a crash)
         if debug_schedules():
