@@ -1,4 +1,5 @@
-"""Top-1 accuracy of a torch model or of a compiled artifact, on a labelled data set.
+"""The score of a torch model or of a compiled artifact on a data set: top-1 accuracy for class labels,
+R^2 for float targets, or the data's own metric (edgekit.data.metrics; ``--metric``).
 
 For an artifact the library is loaded with the TVM runtime on this host and fed in
 batches of the artifact's compiled batch size (the last batch is padded with zeros and
@@ -14,7 +15,8 @@ from edgekit.errors import ArtifactError, InputShapeError
 
 
 def evaluate(model_or_artifact: Any, data, *, batch_size: int = 500) -> float:
-    """Top-1 accuracy in [0, 1] of an ``nn.Module``, a ``CompiledArtifact`` or an artifact path."""
+    """``data.score`` (top-1 accuracy in [0, 1] for class labels) of an ``nn.Module``, a ``CompiledArtifact``
+    or an artifact path."""
     from edgekit.artifacts import CompiledArtifact
 
     if isinstance(model_or_artifact, (str, Path)):
@@ -25,18 +27,37 @@ def evaluate(model_or_artifact: Any, data, *, batch_size: int = 500) -> float:
 
 
 def _evaluate_torch(model, data, batch_size: int) -> float:
+    return data.score(model_outputs(model, data, batch_size=batch_size))
+
+
+def model_outputs(model, data, *, batch_size: int = 500):
+    """The model's outputs for every example of ``data``, in order (a tensor, or a tuple/dict of them)."""
     import torch
 
     was_training = model.training
     model.eval()
-    correct = 0
+    chunks = []
     try:
         with torch.no_grad():
-            for x, y in data.batches(batch_size):
-                correct += int((model(x).argmax(1) == y).sum())
+            for x, _ in data.batches(batch_size):
+                chunks.append(model(x))
     finally:
         model.train(was_training)
-    return correct / max(len(data), 1)
+    return concat_outputs(chunks)
+
+
+def concat_outputs(chunks):
+    """Per-batch outputs joined along the batch: tensors, or tuples/dicts of tensors (several outputs)."""
+    import torch
+
+    if not chunks:
+        return torch.zeros(0)
+    first = chunks[0]
+    if isinstance(first, dict):
+        return {k: torch.cat([c[k] for c in chunks]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return tuple(torch.cat([c[i] for c in chunks]) for i in range(len(first)))
+    return torch.cat(chunks)
 
 
 def artifact_predictor(artifact):
@@ -74,6 +95,7 @@ def artifact_predictor(artifact):
 
 
 def _evaluate_artifact(artifact, data) -> float:
+    import torch
+
     predict = artifact_predictor(artifact)
-    logits = predict(data.x.numpy())
-    return float((logits.argmax(1) == data.y.numpy()).mean())
+    return data.score(torch.from_numpy(predict(data.x.numpy())))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edgekit.cli.data_options import add_data_options, image_options
 from edgekit.cli.options import MODEL_HELP, add_json_option, add_targets_dir_option
 from edgekit.cli.output import emit_json, info
 from edgekit.errors import UsageError
@@ -15,11 +16,11 @@ def register(subparsers) -> None:
                     "also compile the result (and measure its accuracy on this host when it runs here).")
     p.add_argument("--recipe", required=True, help="recipe TOML file")
     p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--data", default="fashion-mnist", help="data set: fashion-mnist or digits (default: %(default)s)")
+    add_data_options(p, metric_flags=("--metric", "--accuracy-metric"))
     p.add_argument("-o", "--out", required=True, help="output directory")
     p.add_argument("--target", help="also compile for this target profile (e.g. host, rpi4)")
     p.add_argument("--eval-limit", type=int, default=None,
-                   help="measure accuracy on a seeded subset of this many test images (default: all)")
+                   help="measure accuracy on a seeded subset of this many test examples (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for training (default: torch's)")
     p.add_argument("--dry-run", action="store_true", help="validate the recipe, print the resolved plan and stop")
     add_targets_dir_option(p)
@@ -45,7 +46,8 @@ def run(args) -> int:
     out = Path(args.out)
     info(f"compressing {args.model} with recipe {recipe.name!r}: {' -> '.join(recipe.kinds)}")
     result = compress_model(args.model, recipe, args.data, eval_limit=args.eval_limit, threads=args.threads,
-                            target=target, out_dir=out, log=info)
+                            metric=args.accuracy_metric, image_options=image_options(args), target=target,
+                            out_dir=out, log=info)
     report = result.report.to_dict()
     if args.json:
         emit_json(report)

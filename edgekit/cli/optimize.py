@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edgekit.cli.data_options import add_data_options, image_options
 from edgekit.cli.options import (MODEL_HELP, add_json_option, add_search_options, add_ssh_options, connect_kwargs,
                                  search_options)
 from edgekit.cli.output import emit_json, info
@@ -33,7 +34,8 @@ def register(subparsers) -> None:
     where.add_argument("--proxy", action="store_true",
                        help="no device: latency PREDICTED from the cached latency table (development only)")
     search = parser.add_argument_group("search")
-    search.add_argument("--data", default="fashion-mnist", help="fashion-mnist or digits")
+    # --metric is the latency statistic here (median, p90), so the score of the data is --accuracy-metric.
+    add_data_options(search, metric_flags=("--accuracy-metric",))
     search.add_argument("--run-dir", metavar="DIR", help="where the search keeps its state (default: a temp dir)")
     search.add_argument("--resume", metavar="DIR", help="continue an interrupted search from its run directory")
     search.add_argument("--cache-dir", metavar="DIR", help="latency table cache (default: ~/.cache/edgekit/latency)")
@@ -66,7 +68,8 @@ def run(args) -> int:
             args.model, args.data, latency_budget_ms=args.latency_budget_ms, metric=args.metric,
             size_budget_bytes=args.size_budget_bytes, accuracy_floor=args.accuracy_floor, target=args.target,
             host=args.host, connect=connect_kwargs(args) if args.host else None, run_dir=args.run_dir,
-            proxy=args.proxy, **search_options(args), **common)
+            proxy=args.proxy, accuracy_metric=args.accuracy_metric, image_options=image_options(args),
+            **search_options(args), **common)
     if args.json:
         emit_json(result.to_dict())
     else:

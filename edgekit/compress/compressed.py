@@ -33,7 +33,7 @@ class CompressedModel:
     model: Any
     recipe: Any  # Recipe
     report: CompressReport
-    input_shape: tuple[int, ...] = (1, 1, 28, 28)
+    input_shape: tuple[int, ...]  # batch-1, as the data gave it (no default: a model's input is the data's)
     # One real example from the data: int8 rounding is data-dependent, so the compiled artifact's output
     # check must use real data rather than the seeded random input compile_model uses otherwise.
     reference_input: Any = None  # np.ndarray of input_shape, or None
@@ -99,20 +99,20 @@ def model_summary(model, input_shape) -> dict[str, Any]:
             "size_bytes": state_dict_bytes(model), "sparsity_ratio": round(sparsity_ratio(model), 4)}
 
 
-def _resolve_data(data, eval_data, eval_limit, seed):
-    from edgekit.data import load_dataset
+def _resolve_data(data, eval_data, eval_limit, seed, *, model, input_shape, image_options, metric):
+    """DataSplits: ``data`` in any form edgekit.data.user_data takes; ``eval_data`` replaces its test split."""
+    from edgekit.data.metrics import load_metric
+    from edgekit.data.user_data import load_data
 
-    if isinstance(data, str):
-        train = load_dataset(data, "train")
-        if eval_data is None:
-            eval_data = load_dataset(data, "test")
-    else:
-        train = data
-    if isinstance(eval_data, str):
-        eval_data = load_dataset(eval_data, "test")
-    if eval_data is not None and eval_limit is not None:
-        eval_data = eval_data.subset(eval_limit, seed=seed)
-    return train, eval_data
+    metric = load_metric(metric)
+    options = dict(model=model, input_shape=input_shape, image_options=image_options, metric=metric, seed=seed)
+    splits = load_data(data, **options)
+    if eval_data is not None:
+        test = load_data(eval_data, **options).test if isinstance(eval_data, (str, Path)) else eval_data
+        splits = replace(splits, test=test).with_metric(metric)
+    if splits.test is not None and eval_limit is not None:
+        splits = replace(splits, test=splits.test.subset(eval_limit, seed=seed))
+    return splits
 
 
 def _load_teacher(spec: str, original):
@@ -125,18 +125,23 @@ def _load_teacher(spec: str, original):
 
 
 def compress_model(model, recipe, data, *, eval_data=None, eval_limit: int | None = None, teacher=None,
-                   input_shape=None, progress: bool | None = None, threads: int | None = None,
+                   input_shape=None, metric=None, image_options=None,
+                   progress: bool | None = None, threads: int | None = None,
                    target=None, out_dir: str | Path | None = None, artifacts_dir: str | Path | None = None,
                    log=None) -> CompressedModel:
     """Run ``recipe`` on a copy of ``model``.
 
     ``model``: anything ``edgekit.models.load_model`` gives an nn.Module for (a module, ``zoo:NAME``, a .pt
     file, ``module:factory[@weights.pt]``, a compress output directory).  ``recipe``: a Recipe or its path.
-    ``data``: a data set name ("fashion-mnist", "digits") or a training ``Dataset`` (used by
-    distill/finetune and for quantization calibration).  ``eval_data`` (default: the test
-    split when ``data`` is a name) measures accuracy before and after every step; ``eval_limit``
-    takes a seeded subset of it.  ``teacher`` overrides the distill steps' ``teacher`` option.
-    ``input_shape``: batch-1 input shape (default: the data's).
+    ``data``: anything ``edgekit.data.user_data.load_data`` takes (a built-in name, an image folder, an .npz,
+    ``package.module:factory``, DataSplits) or a training ``Dataset``; its train split is used by
+    distill/finetune and for quantization calibration, its val split (when given) for early stopping.
+    ``eval_data`` (default: the data's test split; none for a bare Dataset) measures the score before and
+    after every step; ``eval_limit`` takes a seeded subset of it.  ``metric``: ``function(outputs, targets)``
+    or its ``package.module:function`` spec (default: top-1 for class labels, R^2 for float targets); the
+    report's "accuracy" fields hold it.  ``image_options``: an ``ImageOptions`` for an image folder.
+    ``teacher`` overrides the distill steps' ``teacher`` option.  ``input_shape``: batch-1 input shape
+    (default: the data's).  Data the model cannot take raises a DataError before any work.
     ``out_dir``: save the result there (``CompressedModel.save``), before any compile, so that a failed
     compile keeps the trained model.  ``target``: also compile the result for this profile (name, path
     or TargetProfile) into ``artifacts_dir`` (default: OUT_DIR/artifacts, else compile's default);
@@ -148,18 +153,26 @@ def compress_model(model, recipe, data, *, eval_data=None, eval_limit: int | Non
     from edgekit.compress.prune import PruneConfig, SparsifyConfig, prune_model, sparsify_model
     from edgekit.compress.quantize import QuantizeConfig, quantize_model
     from edgekit.compress.recipe import DistillConfig, FinetuneConfig, Recipe, load_recipe, step_kind
+    from edgekit.data.data_checks import check_fits, data_warning, near_chance
     from edgekit.evaluate import evaluate
-    from edgekit.models import load_torch_module
+    from edgekit.models import load_model, load_torch_module
 
     if isinstance(recipe, (str, Path)):
         recipe = load_recipe(recipe)
     if not isinstance(recipe, Recipe):
         raise RecipeError(f"compress_model needs a Recipe or a recipe path, got {type(recipe).__name__}")
-    model = load_torch_module(model, purpose="compress")
+    loaded = load_model(model, purpose="model")
+    model = load_torch_module(loaded, purpose="compress")
     if threads is not None:
         torch.set_num_threads(threads)
     say = log or (lambda msg: None)
-    train_data, eval_data = _resolve_data(data, eval_data, eval_limit, recipe.seed)
+    splits = _resolve_data(data, eval_data, eval_limit, recipe.seed, model=model,
+                           input_shape=input_shape or loaded.input_shape, image_options=image_options, metric=metric)
+    check_fits(model, splits)  # before any training, and before anything is written
+    train_data, eval_data = splits.train, splits.test
+    warning = near_chance(model, eval_data or train_data, source=splits.source)
+    if warning:
+        data_warning(warning, log)
     input_shape = tuple(input_shape or (1, *train_data.input_shape))
     original = copy.deepcopy(model).eval()
     current = copy.deepcopy(model).eval()
@@ -185,7 +198,8 @@ def compress_model(model, recipe, data, *, eval_data=None, eval_limit: int | Non
             t = None
             if isinstance(step, DistillConfig):
                 t = teacher if teacher is not None else _load_teacher(step.teacher, original)
-            res = train(current, train_data, config=step, teacher=t, progress=progress, label=kind)
+            res = train(current, train_data, config=step, teacher=t, val_data=splits.val, progress=progress,
+                        label=kind)
             detail = res.to_dict()
         elif isinstance(step, QuantizeConfig):
             current = quantize_model(current, train_data, step)
@@ -199,8 +213,10 @@ def compress_model(model, recipe, data, *, eval_data=None, eval_limit: int | Non
     after = steps_report[-1] if steps_report else before
     report = CompressReport(
         recipe=recipe.to_dict(), input_shape=input_shape,
-        data={"train": f"{train_data.name}:{train_data.split} ({len(train_data)})",
-              "eval": None if eval_data is None else f"{eval_data.name}:{eval_data.split} ({len(eval_data)})"},
+        data={**{k: v for k, v in splits.describe().items() if k not in ("train", "val", "test")},
+              "train": f"{train_data.name}:{train_data.split} ({len(train_data)})",
+              "eval": None if eval_data is None else f"{eval_data.name}:{eval_data.split} ({len(eval_data)})",
+              **({"warnings": [warning]} if warning else {})},
         before=before, after={k: after[k] for k in SUMMARY_KEYS if k in after}, steps=steps_report,
         seconds=round(time.perf_counter() - started, 2))
     sample = (eval_data if eval_data is not None else train_data).x[:1]

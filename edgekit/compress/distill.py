@@ -1,6 +1,10 @@
 """Training and knowledge distillation (Hinton et al. 2015), the recovery step after pruning.
 
-loss = alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, labels)
+Classifiers (integer labels): loss = alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))
+                                     + (1 - alpha) * CE(student, labels)
+Any other output (float targets: regression, embeddings, several outputs):
+                              loss = alpha * MSE(student, teacher) + (1 - alpha) * MSE(student, targets)
+Temperature only means something for logits, so it is not used in the MSE form.
 
 Seeded (same seed, same data, same thread count -> same weights), stops early when the
 held-out accuracy has not improved for ``patience`` epochs and restores the best epoch.
@@ -16,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from edgekit.errors import RecipeError
+from edgekit.errors import DataError, RecipeError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,7 +67,24 @@ class TrainResult:
                 "seconds": round(self.seconds, 2), "history": self.history}
 
 
-def distillation_loss(student_logits, teacher_logits, labels, *, temperature: float, alpha: float):
+def distillation_loss(student_out, teacher_out, targets, *, temperature: float, alpha: float,
+                      classification: bool | None = None):
+    """KL on logits plus cross-entropy for a classifier; MSE to the teacher and to the targets otherwise.
+
+    ``classification`` defaults to what the targets say: integer labels are classes.
+    """
+    if classification is None:
+        classification = not targets.is_floating_point()
+    if classification:
+        return _classifier_loss(_first(student_out), None if teacher_out is None else _first(teacher_out), targets,
+                                temperature=temperature, alpha=alpha)
+    hard = _mse(student_out, targets)
+    if teacher_out is None or alpha == 0.0:
+        return hard
+    return alpha * _mse(student_out, teacher_out) + (1.0 - alpha) * hard
+
+
+def _classifier_loss(student_logits, teacher_logits, labels, *, temperature: float, alpha: float):
     import torch.nn.functional as F
 
     hard = F.cross_entropy(student_logits, labels)
@@ -75,15 +96,34 @@ def distillation_loss(student_logits, teacher_logits, labels, *, temperature: fl
     return alpha * soft + (1.0 - alpha) * hard
 
 
-def _accuracy(model, data, batch_size: int = 512) -> float:
-    import torch
+def _leaves(out) -> list:
+    if isinstance(out, dict):
+        return [v for _, v in sorted(out.items())]
+    if isinstance(out, (tuple, list)):
+        return [leaf for item in out for leaf in _leaves(item)]
+    return [out]
 
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for x, y in data.batches(batch_size):
-            correct += int((model(x).argmax(1) == y).sum())
-    return correct / max(len(data), 1)
+
+def _first(out):
+    return _leaves(out)[0]
+
+
+def _mse(student_out, other):
+    """Mean squared error summed over every output; a single target tensor is matched to the first output."""
+    import torch.nn.functional as F
+
+    ours, theirs = _leaves(student_out), _leaves(other)
+    if len(theirs) == 1 and len(ours) > 1:  # targets for the main output only
+        ours = ours[:1]
+    if len(ours) != len(theirs):
+        raise DataError(f"cannot compare {len(ours)} model outputs with {len(theirs)} targets")
+    return sum(F.mse_loss(a, b.reshape(a.shape).to(a.dtype)) for a, b in zip(ours, theirs))
+
+
+def _accuracy(model, data, batch_size: int = 512) -> float:
+    from edgekit.evaluate import evaluate  # the data's own score: top-1, R^2 or the user's metric
+
+    return evaluate(model, data, batch_size=batch_size)
 
 
 class _Progress:

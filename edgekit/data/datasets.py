@@ -1,15 +1,16 @@
-"""Offline image-classification data: Fashion-MNIST (Debian) and scikit-learn's digits.
+"""Offline image-classification data: Fashion-MNIST (Debian) and scikit-learn's digits; the ``Dataset`` type.
 
 Both come out as float32 ``(N, 1, 28, 28)`` tensors, normalised, with int64 labels, so
 every zoo model accepts either.  Digits (8x8, 1797 images) is upsampled to 28x28; it is
 there for fast tests, Fashion-MNIST for measurements.  torch is imported lazily.
+A user's own data (image folders, .npz, factories: user_data.py) becomes the same ``Dataset``.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -35,16 +36,36 @@ SPLITS = ("train", "test")
 
 @dataclass(frozen=True)
 class Dataset:
-    """Images ``x`` (float32, N x 1 x 28 x 28, normalised) and labels ``y`` (int64, N)."""
+    """Inputs ``x`` (float32, N x example shape) and targets ``y``: int64 class labels, or float targets.
+
+    Integer targets make it a classification set (scored by top-1, distilled with KL on logits); float
+    targets a regression one (scored by R^2, distilled with MSE).  ``metric`` replaces that default score:
+    ``metric(outputs, targets) -> float``, higher is better (edgekit.data.metrics).
+    """
 
     name: str
     split: str
     x: Any  # torch.Tensor
     y: Any  # torch.Tensor
-    num_classes: int = 10
+    num_classes: int | None = 10  # None: regression targets
+    classes: tuple[str, ...] | None = None  # class names, index = label, when the data names them
+    metric: Any = None  # callable(outputs, targets) -> float; None: top-1 or R^2 (edgekit.data.metrics)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    @property
+    def is_classification(self) -> bool:
+        return not self.y.is_floating_point()
+
+    def score(self, outputs) -> float:
+        """The data's metric of ``outputs`` (the model's, for every example in order) against ``y``."""
+        from edgekit.data.metrics import score
+
+        return score(self, outputs)
+
+    def _part(self, split: str, idx) -> "Dataset":
+        return replace(self, split=split, x=self.x[idx], y=self.y[idx])
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -59,7 +80,7 @@ class Dataset:
         if n <= 0:
             raise DataError(f"subset of {self.name} needs n >= 1, got {n}")
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
-        return Dataset(self.name, f"{self.split}[{n}]", self.x[idx], self.y[idx], self.num_classes)
+        return self._part(f"{self.split}[{n}]", idx)
 
     def split_off(self, n: int, *, seed: int = 0) -> tuple["Dataset", "Dataset"]:
         """Split into (rest, held_out of n examples), seeded; used for validation sets."""
@@ -69,8 +90,7 @@ class Dataset:
             raise DataError(f"cannot hold out {n} of {len(self)} examples of {self.name}")
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
         keep, held = idx[n:], idx[:n]
-        return (Dataset(self.name, f"{self.split}-rest", self.x[keep], self.y[keep], self.num_classes),
-                Dataset(self.name, f"{self.split}-val", self.x[held], self.y[held], self.num_classes))
+        return self._part(f"{self.split}-rest", keep), self._part(f"{self.split}-val", held)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> Iterator[tuple[Any, Any]]:
         import torch

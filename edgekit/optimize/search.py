@@ -27,13 +27,18 @@ def optimize_model(model=None, data="fashion-mnist", *, latency_budget_ms: float
                    accuracy_floor: float | None = None, target: str = "host", host: str | None = None,
                    device=None, run_dir: str | Path | None = None, resume: bool = False, proxy: bool = False,
                    cache_dir: str | Path | None = None, artifacts_dir: str | Path | None = None,
-                   connect: dict | None = None, threads: int = 1,
+                   connect: dict | None = None, threads: int = 1, accuracy_metric=None, image_options=None,
                    log: Callable[[str], None] | None = None, on_event: Callable[[str, dict], None] | None = None,
                    write_reports: bool = True, **options) -> OptimizeResult:
     """Find the pruned model with the best accuracy whose latency, measured on the device, meets the budget.
 
     ``model``: an ``nn.Module``, ``"zoo:NAME"``, a ``.pt`` file of a whole module, or ``module:factory``.
-    ``data``: ``"fashion-mnist"``, ``"digits"`` or a ``(train, test)`` pair of ``edgekit.data.Dataset``.
+    ``data``: anything ``edgekit.data.user_data.load_data`` takes (``"fashion-mnist"``, ``"digits"``, an image
+    folder, an ``.npz``, ``package.module:factory``) or a ``(train, test)`` pair of ``edgekit.data.Dataset``.
+    ``accuracy_metric``: ``function(outputs, targets) -> float`` (higher is better) or its
+    ``package.module:function`` spec, scoring every candidate (default: top-1, or R^2 for float targets);
+    ``image_options``: an ``ImageOptions`` for an image folder.  Data the model cannot take raises a
+    DataError before the run directory is written; a model near chance on the data is a warning first.
     The device: ``device`` (a ``feedback.devices.Device``), else ``host`` (``user@board[:port]`` over
     SSH), else this machine.  ``proxy``: no device; latency predicted from the cached table.
     ``resume``: continue the search in ``run_dir`` (its saved config wins; ``model`` may be None).
@@ -45,6 +50,7 @@ def optimize_model(model=None, data="fashion-mnist", *, latency_budget_ms: float
     """
     import tempfile
 
+    from edgekit.data.data_checks import data_warning, near_chance
     from edgekit.optimize.state import RunState
 
     say = log or (lambda message: None)
@@ -62,7 +68,10 @@ def optimize_model(model=None, data="fashion-mnist", *, latency_budget_ms: float
             if setup["data"] == "custom":
                 raise UsageError(f"{run_dir} was searched with data given through the API; pass the same data again")
             data = setup["data"]
-        data = _resolve_data(data, config)
+        if accuracy_metric is None and setup.get("accuracy_metric") == "custom":
+            raise UsageError(f"{run_dir} was searched with a metric function given through the API; pass it again")
+        data = _resolve_data(data, config, image_options=_image_options(image_options, setup.get("image_options")),
+                             metric=accuracy_metric or setup.get("accuracy_metric"))
         if device is None and not proxy:
             device = _make_device(setup.get("host"), connect or setup.get("connect"), setup.get("threads", threads))
         cache_dir = cache_dir or setup.get("cache_dir")
@@ -81,15 +90,21 @@ def optimize_model(model=None, data="fashion-mnist", *, latency_budget_ms: float
         from edgekit.targets import load_target
 
         load_target(config.target)  # an unknown target fails before any work
-        data_name = data if isinstance(data, str) else None
-        data = _resolve_data(data, config)
-        model, model_source = _resolve_model(model)
+        data_name = _data_spec(data)
+        model, model_source, model_shape = _resolve_model(model)
+        data = _resolve_data(data, config, model=model, input_shape=model_shape, image_options=image_options,
+                             metric=accuracy_metric)
         input_shape = (1, *data[0].input_shape)
+        warning = near_chance(model, data[1], source=data_name or "the data")
+        if warning:
+            data_warning(warning, log)
         if device is None and not proxy:
             device = _make_device(host, connect, threads)
         run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="edgekit-optimize-"))
         setup = {"model": model_source, "data": data_name or "custom", "host": host, "proxy": proxy,
                  "threads": threads, "input_shape": list(input_shape),
+                 "image_options": image_options.to_dict() if image_options is not None else None,
+                 "accuracy_metric": _metric_spec(accuracy_metric), "data_warning": warning,
                  "cache_dir": str(cache_dir) if cache_dir else None,
                  "artifacts_dir": str(artifacts_dir) if artifacts_dir else None,
                  "connect": {k: list(v) if isinstance(v, tuple) else v for k, v in (connect or {}).items()},
@@ -143,29 +158,67 @@ def _resolve_model(model):
                          hint="pass zoo:fmnist-resnet, a .pt file of a whole module, or module:factory")
     loaded = load_model(model)
     module = loaded.torch_module(purpose="optimize")
-    return (copy.deepcopy(module).eval() if loaded.form == "module" else module), loaded.source
+    module = copy.deepcopy(module).eval() if loaded.form == "module" else module
+    return module, loaded.source, loaded.input_shape
 
 
-def _resolve_data(data, config: SearchConfig):
-    """(train, val, test) Datasets: val is held out of train (seeded); never empty."""
-    from edgekit.data import load_dataset
+def _data_spec(data) -> str | None:
+    """How the run's setup names the data so that a resume finds it again: a path made absolute, or a name."""
+    if not isinstance(data, (str, Path)):
+        return None
+    path = Path(data)
+    return str(path.resolve()) if path.exists() else str(data)
 
-    if isinstance(data, str):
-        train, test = load_dataset(data, "train"), load_dataset(data, "test")
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        train, test = data
-    elif isinstance(data, (tuple, list)) and len(data) == 3:
-        return tuple(data)
+
+def _metric_spec(metric) -> str | None:
+    if metric is None or isinstance(metric, str):
+        return metric
+    return getattr(metric, "edgekit_spec", None) or "custom"
+
+
+def _image_options(given, saved: dict | None):
+    from edgekit.data.image_folder import ImageOptions
+
+    if given is not None or not saved:
+        return given
+    return ImageOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+
+
+def _resolve_data(data, config: SearchConfig, *, model=None, input_shape=None, image_options=None, metric=None):
+    """(train, val, test) Datasets: val is the data's own, or held out of train (seeded); never empty.
+
+    With ``model``, the data is checked against it (edgekit.data.data_checks.check_fits): a DataError here, before
+    the run directory exists, is one that never leaves a half-made run behind.
+    """
+    from edgekit.data import Dataset
+    from edgekit.data.data_checks import check_fits
+    from edgekit.data.metrics import load_metric
+    from edgekit.data.user_data import DataSplits, load_data
+
+    metric = load_metric(metric)
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3) and all(isinstance(d, Dataset) for d in data):
+        parts = dict(zip(("train", "test") if len(data) == 2 else ("train", "val", "test"), data))
+        splits = DataSplits(**parts, source="the data given").with_metric(metric)
+    elif data is None or isinstance(data, (tuple, list)) and len(data) not in (2, 3):
+        raise UsageError(f"data must be a data set name, a path, package.module:factory or a (train, test) pair, "
+                         f"got {type(data).__name__}")
     else:
-        raise UsageError(f"data must be a data set name or a (train, test) pair, got {type(data).__name__}")
+        splits = load_data(data, input_shape=input_shape, model=model, image_options=image_options, metric=metric,
+                           seed=config.seed)
+    train, val, test = splits.train, splits.val, splits.test
     for name, part in (("training", train), ("test", test)):
         if part is None or len(part) == 0:
             raise DataError(f"the {name} data is empty: the search needs labelled examples to fine-tune and score "
                             "candidates", hint="check the data set files, or the --data-limit you gave")
     if len(train) < 20:
         raise DataError(f"the training data has only {len(train)} examples; the search needs at least 20")
-    val_n = min(config.val_examples, max(1, len(train) // 5))
-    train, val = train.split_off(val_n, seed=config.seed)
+    if model is not None:
+        check_fits(model, splits)
+    if val is None:
+        val_n = min(config.val_examples, max(1, len(train) // 5))
+        train, val = train.split_off(val_n, seed=config.seed)
+    elif len(val) > config.val_examples:
+        val = val.subset(config.val_examples, seed=config.seed)
     if config.test_examples is not None:
         test = test.subset(config.test_examples, seed=config.seed)
     return train, val, test

@@ -1,0 +1,131 @@
+"""The data against the model, before a verb spends time or writes a file: does it fit, is the model any good on it.
+
+``check_fits`` raises a ``DataError`` (exit 14) when the model cannot take the data: the splits' input shapes
+differ, the model raises on two examples, its output does not match the targets, or a label is outside its
+classes.  ``near_chance`` returns a warning when the model scores about what guessing would on the data: a model
+trained for another task, another class order or other preprocessing.  It uses top-1 (class labels) or R^2
+(float targets) whatever ``--metric`` says, since only those have a known chance level.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+from edgekit.errors import DataError
+
+CHANCE_EXAMPLES = 1000  # enough to tell a trained model from chance, few enough to take a second
+
+
+class DataWarning(UserWarning):
+    """The data and the model run, but the result will mean little (``near_chance``)."""
+
+
+def data_warning(message: str, log=None) -> None:
+    """To the verb's log when it has one (the CLI's stderr), else as a Python warning."""
+    if log is not None:
+        log(f"warning: {message}")
+    else:
+        warnings.warn(message, DataWarning, stacklevel=3)
+
+
+def _shape_hint(splits) -> str:
+    form = splits.info.get("form")
+    if form == "image-folder":
+        return ("the images were made {channels}x{h}x{w}; give the size and channels the model takes with "
+                "--image-size H,W and --channels".format(channels=splits.info["channels"], h=splits.info["size"][0],
+                                                         w=splits.info["size"][1]))
+    if form == "npz":
+        return "x must hold the model's inputs batch first, e.g. N x C x H x W for a CNN"
+    return "the data's inputs must have the shape the model takes (batch first)"
+
+
+def check_fits(model, splits) -> None:
+    """DataError unless every split of ``splits`` suits ``model`` (see the module docstring)."""
+    import torch
+
+    from edgekit.data.metrics import first_output
+
+    parts = splits.parts()
+    shapes = {name: tuple(d.x.shape[1:]) for name, d in parts}
+    if len(set(shapes.values())) > 1:
+        raise DataError(f"the splits of {splits.source} have different input shapes: "
+                        + ", ".join(f"{name} {shape}" for name, shape in shapes.items()),
+                        hint="every split must hold inputs of one shape")
+    x = splits.train.x[:2]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:  # noqa: BLE001 - whatever the model raises on this input is the point
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise DataError(f"the model refuses the inputs of {splits.source}: examples of shape {shapes['train']} "
+                        f"raise {type(exc).__name__}: {first_line}", hint=_shape_hint(splits)) from None
+    finally:
+        model.train(was_training)
+    main = first_output(out)
+    if not isinstance(main, torch.Tensor) or main.ndim == 0 or main.shape[0] != x.shape[0]:
+        raise DataError(f"the model's output on {splits.source} is not one row per example "
+                        f"({type(main).__name__} {tuple(getattr(main, 'shape', ()))} for a batch of {x.shape[0]})")
+    if splits.train.is_classification:
+        _check_labels(main, parts, splits)
+    else:
+        per_example = tuple(splits.train.y.shape[1:])
+        if main[0].numel() != max(1, math.prod(per_example)):
+            raise DataError(f"the model outputs {tuple(main.shape[1:])} per example but the targets of "
+                            f"{splits.source} are {per_example or 'one number'} per example",
+                            hint="float targets are compared with the model's output element by element; "
+                                 "integer targets are class labels")
+
+
+def _check_labels(logits, parts, splits) -> None:
+    if logits.ndim < 2:
+        raise DataError(f"{splits.source} has integer class labels but the model outputs one number per example",
+                        hint="for regression, give float targets (y.astype('float32'))")
+    classes = logits.shape[1]
+    label_shape = tuple(splits.train.y.shape[1:])
+    if label_shape != tuple(logits.shape[2:]):
+        raise DataError(f"the labels of {splits.source} are {label_shape or 'one'} per example, the model's class "
+                        f"scores {tuple(logits.shape[1:])}: they do not line up",
+                        hint="give one label per example (or per output position, for dense prediction)")
+    names = splits.info.get("classes")
+    for name, d in parts:
+        lo, hi = int(d.y.min()), int(d.y.max())
+        if lo < 0 or hi >= classes:
+            have = f"{len(names)} class folders" if names else f"labels {lo}..{hi}"
+            raise DataError(f"labels out of range: the {name} split of {splits.source} has {have}, the model "
+                            f"outputs {classes} class scores (labels 0..{classes - 1})",
+                            hint="labels must be 0..classes-1; give a model with as many outputs as the data "
+                                 "has classes" + (", or fewer class folders" if names else ""))
+
+
+def near_chance(model, data, *, source: str) -> str | None:
+    """A warning when ``model`` scores about chance on ``data`` (see the module docstring); None otherwise."""
+    import torch
+
+    from edgekit.data.metrics import first_output, r2, top1
+    from edgekit.evaluate import model_outputs
+
+    sample = data.subset(CHANCE_EXAMPLES, seed=0)
+    n = len(sample)
+    if n == 0:
+        return None
+    out = first_output(model_outputs(model, sample, batch_size=256))
+    if sample.is_classification:
+        acc = top1(out, sample.y)
+        counts = torch.bincount(sample.y.flatten())
+        chance = float(counts.max()) / sample.y.numel()
+        margin = max(0.1 * (1 - chance), 2 * math.sqrt(chance * (1 - chance) / n))
+        if acc > chance + margin:
+            return None
+        return (f"the model's top-1 accuracy on {source} is {acc:.3f}, near chance ({chance:.3f}, always answering "
+                f"the most common class, over {n} examples): it was probably trained for another task, another "
+                "class order or other input preprocessing; compressing or optimizing it here will not tell much. "
+                "Check the class order (class folders are numbered in sorted name order) and the input size and "
+                "normalisation (--image-size, --mean, --std)")
+    score = r2(out, sample.y)
+    if score > 0.05:
+        return None
+    return (f"the model's R^2 on {source} is {score:.3f} over {n} examples: no better than predicting the targets' "
+            "mean; it was probably trained for another task or other input preprocessing")
