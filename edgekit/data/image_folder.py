@@ -130,7 +130,7 @@ def _header(path: Path) -> tuple[tuple[int, int], str]:
         with Image.open(path) as image:
             return image.size, image.mode
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}",
+        raise DataError(f"cannot decode image {path}: {exc}",
                         hint="replace or remove the file; every file with an image extension under the folder "
                              "is read") from None
 

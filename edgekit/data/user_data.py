@@ -20,6 +20,7 @@ checks the data against the model before anything is written.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,7 @@ def _from_npz(path: Path, source: str, seed: int) -> DataSplits:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"cannot read {path} as an .npz archive: {exc}",
                         hint="write it with numpy.savez(path, x=inputs, y=targets) (object arrays are refused)") from None
     missing = [k for k in ("x", "y") if k not in arrays]
