@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except EdgekitError as exc:
+        if args.verbose:
+            _print_trace(exc)
         print(f"edgekit: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # e.g. `edgekit targets list | head`
@@ -48,6 +50,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgekit: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001  a bug, not the user's fault: one line, the trace with -v
+        if args.verbose:
+            _print_trace(exc)
+        first_line = (str(exc).strip().splitlines() or [""])[0][:500]
+        print(f"edgekit: internal error: {type(exc).__name__}: {first_line}"
+              + ("" if args.verbose else " (run with -v for the trace)"), file=sys.stderr)
+        return 1
+
+
+def _print_trace(exc: BaseException) -> None:
+    """The trace of ``exc`` and of the failure it was raised for, even where it was raised ``from None``
+    (edgekit hides TVM's own trace from the message, not from -v)."""
+    import traceback
+
+    chain = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    for link in reversed(chain):
+        print("".join(traceback.format_exception(type(link), link, link.__traceback__, chain=False)), end="",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

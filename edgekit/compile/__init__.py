@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -16,7 +18,7 @@ import numpy as np
 from edgekit.__about__ import __version__
 from edgekit.artifacts import (LIBRARY_NAME, MANIFEST_NAME, REFERENCE_NAME, SCHEMA_VERSION, CompiledArtifact,
                                elf_machine, sha256_file)
-from edgekit.errors import ArtifactError, CompileError
+from edgekit.errors import ArtifactError, CompileError, EdgekitError, UnsupportedOperatorError
 from edgekit.targets import TargetProfile, load_target
 
 DEFAULT_TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
@@ -27,6 +29,8 @@ DEFAULT_OUT_DIR = Path("edgekit-artifacts")
 PIPELINE_VERSION = 6
 
 __all__ = ["compile_model", "DEFAULT_OUT_DIR"]
+
+log = logging.getLogger("edgekit.compile")
 
 
 def compile_model(model, target: str | TargetProfile, *, input_shapes=None, example_inputs=None,
@@ -43,11 +47,15 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
     recipe and target give the same id; an existing valid artifact is reused
     unless ``force``.  ``reference_inputs`` replaces the seeded random inputs
     used for the on-device output check (e.g. real images for a quantized model).
+    A torch model whose torch.export route fails (an op TVM's torch frontend lacks, a failure in
+    the graph passes or the build) is exported to ONNX in this process and built from that; the
+    manifest's ``model.frontend`` names the route that built the artifact and ``model.fallback``
+    why the first one was left (``frontend="torch.export"`` or ``"onnx"`` tries that route only).
     ``tuning``: ``"auto"`` applies the target's MetaSchedule database when one exists
     (written by ``edgekit tune``, see edgekit.compile.tune), a path names a database
     directory, ``False``/``None`` builds with TVM's default schedules.
     """
-    from edgekit.compile.build import build_library, check_toolchain, resolve_tvm_target
+    from edgekit.compile.build import check_toolchain, resolve_tvm_target
     from edgekit.compile.frontend import import_model
     from edgekit.compile.tvm_env import import_tvm
     from edgekit.models import load_model
@@ -62,10 +70,56 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
         tolerance = tolerance if tolerance is not None else defaults.get("tolerance")
         if reference_inputs is None and example_inputs is None and input_shapes is None:
             reference_inputs = defaults.get("reference_inputs")
-        imported = import_model(loaded, input_shapes=input_shapes, example_inputs=example_inputs, frontend=frontend)
+        try:
+            imported, failure = import_model(loaded, input_shapes=input_shapes, example_inputs=example_inputs,
+                                             frontend=frontend), None
+        except (UnsupportedOperatorError, CompileError) as exc:
+            imported, failure = None, exc
     tvm = import_tvm()
     tvm_target = resolve_tvm_target(profile)
     tolerance = {**DEFAULT_TOLERANCE, **(tolerance or {})}
+    build = functools.partial(_compile_imported, profile=profile, tvm_target=tvm_target, tvm_version=tvm.__version__,
+                              recipe=recipe, tolerance=tolerance, reference_inputs=reference_inputs, tuning=tuning,
+                              out_dir=out_dir, force=force, step=step)
+    if failure is None:
+        try:
+            return build(imported)
+        except (UnsupportedOperatorError, CompileError) as exc:
+            failure = exc
+    # The torch.export route failed (import, graph passes or build): a torch model can still go through ONNX.
+    if frontend != "auto" or (imported is not None and imported.frontend != "torch.export"):
+        raise failure
+    from edgekit.compile.frontend import alternative_route
+
+    first = imported.frontend if imported is not None else "torch.export"
+    with step("retrying through ONNX"):
+        try:
+            alternative = alternative_route(loaded, input_shapes=input_shapes, example_inputs=example_inputs)
+        except EdgekitError as exc:
+            raise _both_routes_failed(failure, first, "onnx", exc) from failure
+    if alternative is None:
+        raise failure
+    log.info("the %s route failed (%s); building through %s instead", first, failure.message.splitlines()[0],
+             alternative.frontend)
+    try:
+        return build(alternative, fallback={"from": first, "reason": failure.message, "exit_code": failure.exit_code})
+    except (UnsupportedOperatorError, CompileError) as exc:
+        raise _both_routes_failed(failure, first, alternative.frontend, exc) from failure
+
+
+def _both_routes_failed(first_error, first: str, second: str, second_error) -> Exception:
+    """The first route's error (its class and exit code), with what the second route said."""
+    error = type(first_error)(f"{first_error.message}\n  the {second} route was tried too and failed: "
+                              f"{second_error.message}", hint=first_error.hint)
+    error.__context__ = second_error
+    return error
+
+
+def _compile_imported(imported, *, profile, tvm_target, tvm_version, recipe, tolerance, reference_inputs, tuning,
+                      out_dir, force, step, fallback=None) -> CompiledArtifact:
+    """Build one imported model (one frontend route) into its content-addressed artifact directory."""
+    from edgekit.compile.build import build_library
+
     plan, optimized = _tuning_for(imported.mod, profile, tvm_target, tuning)
     tuning_digest = plan.digest if plan is not None else None
     key = {
@@ -74,7 +128,7 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
         "inputs": [s.to_dict() for s in imported.inputs],
         "target": str(tvm_target),
         "cross_compiler": profile.cross_compiler,
-        "tvm_version": tvm.__version__,
+        "tvm_version": tvm_version,
         "edgekit_version": __version__,
         "pipeline_version": PIPELINE_VERSION,
         "recipe": recipe,
@@ -107,8 +161,10 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
         outputs = imported.reference(inputs)
         np.savez(work_dir / REFERENCE_NAME, **{f"in{i}": a for i, a in enumerate(inputs)},
                  **{f"out{i}": a for i, a in enumerate(outputs)})
-        manifest = _manifest(artifact_id, profile, tvm_target, tvm.__version__, imported, outputs, work_dir,
+        manifest = _manifest(artifact_id, profile, tvm_target, tvm_version, imported, outputs, work_dir,
                              recipe, tolerance)
+        if fallback is not None:  # which route built it, and why not the first one
+            manifest["model"]["fallback"] = fallback
         if profile.kind == "cpu":
             manifest["schedules"] = schedule_log.to_dict()
         if tuning_digest is not None:

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from edgekit.compile.tvm_env import cuda_codegen_available, import_tvm
-from edgekit.errors import CompileError, ToolchainError
+from edgekit.errors import CompileError, EdgekitError, ToolchainError
 from edgekit.targets import TargetProfile
 
 # Debian package that provides each cross compiler the profiles name.
@@ -102,8 +102,14 @@ def optimize_graph(mod, target):
     passes = [*integer, relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
               relax.transform.CanonicalizeBindings(), FoldConstantsWithNumpy(), relax.transform.FoldConstant(),
               *layout_passes(target)]
-    mod = tvm.transform.Sequential(passes)(mod)
-    return mod
+    try:
+        return tvm.transform.Sequential(passes)(mod)
+    except EdgekitError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (TVM raises anything from its passes: InternalError, AssertionError)
+        raise CompileError(_stage_failure("graph passes (BatchNorm folding, constant folding, NHWC layout)", exc),
+                           hint="run with -v for TVM's trace; compiling the .onnx (or .pt2) form of the model "
+                                "takes the other frontend") from None
 
 
 def lowering_passes(target) -> list:
@@ -214,7 +220,21 @@ def _explain_build_failure(exc: Exception, profile: TargetProfile) -> Exception:
             hint="build on a machine with CUDA <= 12.x (e.g. JetPack's own toolkit on the board)")
     if "nvcc" in text and "not found" in text.lower():
         return ToolchainError(f"target '{profile.name}': nvcc not found", hint="install the CUDA toolkit")
-    return CompileError(f"TVM failed to build for target '{profile.name}': {_tail(exc)}")
+    return CompileError(_stage_failure(f"lowering and code generation for target '{profile.name}'", exc))
+
+
+def _stage_failure(stage: str, exc: Exception) -> str:
+    """``<stage> failed [at <op>]: <Type>: <TVM's last lines>`` for a failure inside a TVM pass."""
+    from edgekit.compile.frontend import failure_site
+
+    site = failure_site(exc) or _offending_call(str(exc))
+    return f"{stage} failed{f' at {site}' if site else ''}: {type(exc).__name__}: {_tail(exc)}"
+
+
+def _offending_call(text: str) -> str | None:
+    """The Relax op a TVM C++ error names (``Offending call: R.nn.conv2d_transpose(...)``), if any."""
+    match = re.search(r"\bR\.([A-Za-z_][\w.]*)\(", text)
+    return f"Relax op relax.{match.group(1)}" if match else None
 
 
 def _tail(exc: Exception, lines: int = 6) -> str:

@@ -1,10 +1,14 @@
 """Bring a model into TVM Relax: whatever ``edgekit.models.load_model`` resolves (module, program, .onnx).
 
 The torch.export route is tried first for torch models (it handles more graphs);
-``.onnx`` files go through TVM's ONNX frontend.  Every route also yields a
-*reference* function that runs the original framework (torch or ONNX Runtime),
-so the compiled artifact is checked against the model the user gave, not
-against TVM itself.
+``.onnx`` files go through TVM's ONNX frontend.  Where TVM lacks an op, edgekit
+converts or rewrites it first (edgekit.compile.frontend_fixes); where a route still
+fails, ``alternative_route`` gives the other one (a torch model exported to ONNX in
+this process), and compile_model records which route built the artifact.  Every
+route also yields a *reference* function that runs the original framework (torch or
+ONNX Runtime), so the compiled artifact is checked against the model the user gave,
+not against TVM itself.  A failure inside a TVM frontend is an edgekit error naming
+the stage and, where the traceback shows it, the op and node (``failure_site``).
 """
 
 from __future__ import annotations
@@ -96,18 +100,23 @@ def _from_exported_program(program, input_shapes, *, source: str) -> ImportedMod
         # An exported program is specialized to its example shapes (unless exported with dynamic dims).
         raise InputShapeError(f"{source} was exported for input shapes {fake_shapes}, not {list(map(tuple, input_shapes))}",
                               hint="export the model again with the shape you want, or drop --input-shape")
-    from edgekit.compile.frontend_fixes import apply_frontend_fixes
+    from edgekit.compile.frontend_fixes import TORCH_CONVERTERS, apply_frontend_fixes
+    from edgekit.errors import EdgekitError
 
     try:
         mod = from_exported_program(apply_frontend_fixes(program), keep_params_as_input=False,
-                                    unwrap_unit_return_tuple=True)
+                                    unwrap_unit_return_tuple=True, custom_convert_map=dict(TORCH_CONVERTERS))
+    except EdgekitError:
+        raise
     except AssertionError as exc:
-        missing = re.findall(r"'([^']+)'", str(exc))
-        raise UnsupportedOperatorError(_unsupported_torch_message(program, missing, source),
-                                       hint="rewrite that part of the model with supported ops, or export to ONNX "
-                                            "and compile the .onnx file") from None
+        missing = re.findall(r"'([^']+)'", str(exc)) if "Unsupported function types" in str(exc) else []
+        if missing:
+            raise UnsupportedOperatorError(_unsupported_torch_message(program, missing, source),
+                                           hint="rewrite that part of the model with supported ops, or export to "
+                                                "ONNX and compile the .onnx file") from None
+        raise UnsupportedOperatorError(_frontend_failure("torch.export", source, exc)) from None
     except Exception as exc:
-        raise UnsupportedOperatorError(f"TVM's torch.export frontend failed on {source}: {_first_line(exc)}") from None
+        raise UnsupportedOperatorError(_frontend_failure("torch.export", source, exc)) from None
 
     inputs = [TensorSpec(name=s.arg.name, shape=shape, dtype=_torch_dtype(_placeholder(program, s.arg.name)))
               for s, shape in zip(placeholders, fake_shapes)]
@@ -116,7 +125,8 @@ def _from_exported_program(program, input_shapes, *, source: str) -> ImportedMod
     def reference(arrays: list[np.ndarray]) -> list[np.ndarray]:
         with torch.no_grad():
             out = module(*[torch.from_numpy(a) for a in arrays])
-        return [t.detach().numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
+        # tuples, lists and dicts of tensors, in the order torch.export flattens them (the compiled outputs')
+        return [t.detach().numpy() for t in torch.utils._pytree.tree_leaves(out)]
 
     return ImportedModel(mod=mod, inputs=inputs, reference=reference, frontend="torch.export", source=source,
                          content_sha256=_hash_exported_program(program))
@@ -157,17 +167,58 @@ def _hash_exported_program(program) -> str:
     return digest.hexdigest()
 
 
-def _torch_via_onnx(module, input_shapes, example_inputs) -> ImportedModel:
+def _torch_via_onnx(module, input_shapes, example_inputs, *, source: str | None = None) -> ImportedModel:
+    """An nn.Module (or a torch.export program) -> ONNX opset 17 in memory -> TVM's ONNX frontend."""
+    import contextlib
+    import logging
+    import warnings
+
     import torch
 
-    inputs = _example_inputs(input_shapes, example_inputs, type(module).__qualname__)
+    source = source or type(module).__qualname__
     buffer = io.BytesIO()
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
     try:
-        torch.onnx.export(module.eval(), inputs, buffer, dynamo=False, opset_version=17)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")  # the exporters' deprecation and version-conversion notes
+            for logger in loggers:
+                logger.setLevel(logging.CRITICAL)
+            if isinstance(module, torch.export.ExportedProgram):
+                # A program's module() cannot be traced again (no eval/train): the dynamo exporter takes
+                # the program itself, converting to opset 17 from the 18 it writes.
+                onnx_program = torch.onnx.export(module, (), dynamo=True, opset_version=17, verbose=False)
+                buffer.write(onnx_program.model_proto.SerializeToString())
+            else:
+                inputs = _example_inputs(input_shapes, example_inputs, source)
+                torch.onnx.export(module.eval(), inputs, buffer, dynamo=False, opset_version=17)
     except Exception as exc:  # torch names the op it cannot export on the first line
-        raise UnsupportedOperatorError(f"{type(module).__qualname__} (frontend onnx, via torch.onnx.export): "
+        raise UnsupportedOperatorError(f"{source} (frontend onnx, via torch.onnx.export): "
                                        f"{_first_line(exc)}") from None
-    return _from_onnx_bytes(buffer.getvalue(), None, source=type(module).__qualname__)
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+    return _from_onnx_bytes(buffer.getvalue(), None, source=source)
+
+
+def alternative_route(model, *, input_shapes=None, example_inputs=None) -> ImportedModel | None:
+    """``model`` (a ``load_model`` spec) through the ONNX route, when the torch.export route failed; None
+    when there is no other route.
+
+    A torch model (a module, a factory, a zoo model: TorchScript exporter, for the shapes the
+    torch route used; a ``.pt2`` program: the dynamo exporter, which takes the program itself)
+    is exported to ONNX opset 17 in this process.  An ``.onnx`` file has no other route: nothing turns ONNX back into torch.
+    """
+    from edgekit.models import load_model
+
+    loaded = load_model(model)
+    if loaded.onnx_path is not None:
+        return None
+    if loaded.exported is not None:
+        return _torch_via_onnx(loaded.exported, None, None, source=loaded.source)
+    shapes = input_shapes or ([loaded.input_shape] if loaded.input_shape else None)
+    return _torch_via_onnx(loaded.module, shapes, example_inputs, source=loaded.source)
 
 
 # ---------------------------------------------------------------- onnx
@@ -201,13 +252,19 @@ def _from_onnx_bytes(data: bytes, input_shapes, *, source: str) -> ImportedModel
                                        hint="re-export with a lower opset or replace that op; for torch models "
                                             "compile the .pt2 instead")
     shape_dict = {i.name: list(s) for i, s in zip(graph_inputs, shapes)}
+    from edgekit.compile.frontend_fixes import apply_onnx_fixes
+
     try:
-        mod = from_onnx(model, shape_dict=shape_dict, dtype_dict={i.name: d for i, d in zip(graph_inputs, dtypes)},
+        fixed = apply_onnx_fixes(model, shape_dict)
+    except Exception:  # noqa: BLE001  (a fix that cannot read this graph leaves it to TVM as it was)
+        fixed = model
+    try:
+        mod = from_onnx(fixed, shape_dict=shape_dict, dtype_dict={i.name: d for i, d in zip(graph_inputs, dtypes)},
                         keep_params_in_input=False)
     except tvm.error.OpNotImplemented as exc:
         raise UnsupportedOperatorError(f"{source} (frontend onnx): {_first_line(exc)}") from None
     except Exception as exc:
-        raise UnsupportedOperatorError(f"TVM's ONNX frontend failed on {source}: {_first_line(exc)}") from None
+        raise UnsupportedOperatorError(_frontend_failure("onnx", source, exc)) from None
 
     inputs = [TensorSpec(name=i.name, shape=s, dtype=d) for i, s, d in zip(graph_inputs, shapes, dtypes)]
 
@@ -247,6 +304,39 @@ def _unsupported_onnx_nodes(model) -> str:
     bad = [f"{node.op_type} at node '{node.name or '(unnamed)'}'" for node in model.graph.node
            if node.op_type not in supported]
     return "; ".join(bad)
+
+
+def _frontend_failure(frontend: str, source: str, exc: BaseException) -> str:
+    site = failure_site(exc)
+    return (f"import of {source} failed in TVM's {frontend} frontend{f' at {site}' if site else ''}: "
+            f"{type(exc).__name__}: {_first_line(exc)}")
+
+
+def failure_site(exc: BaseException) -> str | None:
+    """The op and node being converted or lowered when ``exc`` was raised, from its traceback's frames.
+
+    TVM's frontends loop over the graph with a local ``node`` (an FX node for torch.export, a
+    NodeProto for ONNX); legalization and the block builder hold the Relax ``call``.  The
+    innermost such frame names the op, e.g. ``aten.amax.default at node 'amax'`` or
+    ``ReduceMax at node '/ReduceMax_3'``; None when no frame shows one.
+    """
+    import traceback
+
+    frames = [frame for frame, _line in traceback.walk_tb(exc.__traceback__)]
+    for frame in reversed(frames):
+        node = frame.f_locals.get("node")
+        if node is not None and hasattr(node, "op_type") and hasattr(node, "name"):  # onnx NodeProto
+            return f"{node.op_type} at node '{node.name or '(unnamed)'}'"
+        if node is not None and hasattr(node, "target") and hasattr(node, "graph"):  # torch.fx.Node
+            stack = (node.meta.get("nn_module_stack") or {}) if hasattr(node, "meta") else {}
+            module_path = list(stack.values())[-1][0] if stack else ""
+            return f"{node.target} at node '{node.name}'" + (f" in module '{module_path}'" if module_path else "")
+    for frame in reversed(frames):
+        call = frame.f_locals.get("call")
+        op = getattr(call, "op", None)
+        if op is not None and hasattr(op, "name"):
+            return f"Relax op {op.name}"
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -43,11 +43,49 @@ def layout_passes(target) -> list:
     layout = conv_layout(target)
     if layout is None:
         return []
-    desired = {"relax.nn.conv2d": list(layout), "relax.nn.conv1d": list(CPU_CONV1D_LAYOUT)}
+    # Transposed convs stay NCHW/NCW: TVM 0.27 legalizes conv2d_transpose only as NCHW with IOHW weights
+    # (and conv1d_transpose as NCW), yet ConvertLayout would hand it the NHWC layout of its producer,
+    # which then reaches the VM code generator unlowered ("CodeGenVM cannot emit this Relax operator").
+    desired = {"relax.nn.conv2d": list(layout), "relax.nn.conv1d": list(CPU_CONV1D_LAYOUT),
+               "relax.nn.conv2d_transpose": ["NCHW", "IOHW"], "relax.nn.conv1d_transpose": ["NCW", "IOW"]}
     from edgekit.compile.const_fold import FoldConstantsWithNumpy
 
-    return [clip_as_min_max(), relax.transform.ConvertLayout(desired), FoldConstantsWithNumpy(),
-            relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings()]
+    return [clip_as_min_max(), squeeze_axes_non_negative(), relax.transform.ConvertLayout(desired),
+            FoldConstantsWithNumpy(), relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings()]
+
+
+def squeeze_axes_non_negative():
+    """A module pass: ``squeeze(x, axis=[-2])`` -> ``squeeze(x, axis=[rank - 2])`` (the same op).
+
+    TVM 0.27's ConvertLayout crashes (``tvm.error.InternalError: std::bad_alloc``) on any squeeze
+    with a negative axis, with or without a convolution in the graph.  Both frontends write them:
+    torch's decompositions (adaptive_avg_pool1d is unsqueeze(-2), a 2-D pool, squeeze(-2)) and
+    ONNX Squeeze nodes.  (edgekit.compile.frontend_fixes.normalize_squeeze_dims fixes the same in the
+    FX graph, before decomposition; this pass catches every squeeze whichever route wrote it.)
+    """
+    tvm = import_tvm()
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    pattern = is_op("relax.squeeze")(wildcard())
+
+    def rewrite(expr, _matches):
+        axis = expr.attrs.axis
+        ndim = getattr(expr.args[0].ty, "ndim", -1)
+        if axis is None or ndim is None or ndim < 1 or all(int(a) >= 0 for a in axis):
+            return expr
+        return relax.op.squeeze(expr.args[0], [int(a) % ndim for a in axis])
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgekitSqueezeAxesNonNegative")
+    def _pass(mod, _ctx):
+        updates = {gv: rewrite_call(pattern, rewrite, func) for gv, func in mod.functions.items()
+                   if isinstance(func, relax.Function)}
+        mod = mod.clone()
+        for gv, func in updates.items():
+            mod[gv] = func
+        return mod
+
+    return _pass
 
 
 def clip_as_min_max():
