@@ -10,7 +10,7 @@ contract (build scripts branch on them), so never renumber one.
     3 unknown target          11 compile failed
     4 device or transport     12 outputs differ from the reference
     5 budget not met          13 artifact corrupt (sha256, manifest)
-    6 target profile invalid  14 data set missing or empty
+    6 target profile invalid  14 data missing, empty, unreadable or unfit for the model
     7 toolchain missing       15 recipe invalid
                               16 tuning produced no usable record
 
