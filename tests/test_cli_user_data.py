@@ -209,3 +209,7 @@ def test_optimize_warns_near_chance_before_the_search_starts(project, edgekit, c
     warning, _, rest = err.partition("near chance")
     assert "warning: the model's top-1 accuracy on" in warning and "trained for another task" in rest
     assert err.index("near chance") < err.index("error:")
+    assert "proxy mode" in err  # it stopped where it had to, not on the data
+    # a resume finds the same data and image options again from the run's setup (it stops at the same place)
+    resumed, _, again = edgekit("optimize", "--resume", tmp_path / "run", capsys=capsys)
+    assert resumed == code and "proxy mode" in again, again
