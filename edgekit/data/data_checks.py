@@ -122,8 +122,8 @@ def near_chance(model, data, *, source: str) -> str | None:
         return (f"the model's top-1 accuracy on {source} is {acc:.3f}, near chance ({chance:.3f}, always answering "
                 f"the most common class, over {n} examples): it was probably trained for another task, another "
                 "class order or other input preprocessing; compressing or optimizing it here will not tell much. "
-                "Check the class order (class folders are numbered in sorted name order) and the input size and "
-                "normalisation (--image-size, --mean, --std)")
+                "Check the class order and the inputs' size and normalisation (an image folder's classes are "
+                "numbered in sorted folder-name order; --image-size, --mean, --std)")
     score = r2(out, sample.y)
     if score > 0.05:
         return None
