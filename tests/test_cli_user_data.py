@@ -79,7 +79,28 @@ def edgekit(project, monkeypatch):
     return run
 
 
-def test_compress_a_user_model_on_an_image_folder_end_to_end(project, edgekit, capsys):
+@pytest.fixture(scope="module")
+def compressed(project):
+    """`edgekit compress` (prune, distill, int8, compiled for host) of the user's model on the image folder."""
+    import contextlib
+    import io
+    import os
+
+    from edgekit.cli.main import main
+
+    cwd, path, err = os.getcwd(), list(sys.path), io.StringIO()
+    os.chdir(project)
+    try:
+        with contextlib.redirect_stderr(err):
+            code = main(["compress", "--recipe", "recipe.toml", "--model", MODEL, "--data", "images",
+                         "--image-size", "32", "-o", "out", "--target", "host", "--threads", "1"])
+    finally:
+        os.chdir(cwd)
+        sys.path[:] = path
+    return {"code": code, "err": err.getvalue(), "out": project / "out"}
+
+
+def test_compress_a_user_model_on_an_image_folder_end_to_end(project, compressed):
     import torch
 
     from edgekit.artifacts import CompiledArtifact
@@ -88,11 +109,9 @@ def test_compress_a_user_model_on_an_image_folder_end_to_end(project, edgekit, c
     from edgekit.evaluate import evaluate
     from edgekit.models import load_torch_module
 
-    code, _, err = edgekit("compress", "--recipe", "recipe.toml", "--model", MODEL, "--data", "images",
-                           "--image-size", "32", "-o", "out", "--target", "host", "--threads", "1", capsys=capsys)
-    assert code == 0, err
-    assert "warning" not in err
-    report = json.loads((project / "out" / "report.json").read_text())
+    assert compressed["code"] == 0, compressed["err"]
+    assert "warning" not in compressed["err"]
+    report = json.loads((compressed["out"] / "report.json").read_text())
     data = report["data"]
     assert data["source"] == "images" and data["form"] == "image-folder" and data["metric"] == "top1"
     assert data["classes"] == ["bag", "trouser", "tshirt"] and data["size"] == [32, 32] and data["channels"] == 3
@@ -105,10 +124,21 @@ def test_compress_a_user_model_on_an_image_folder_end_to_end(project, edgekit, c
     assert report["after"]["params"] < report["before"]["params"] / 2
     assert report["artifact"]["accuracy"] is not None
     assert abs(report["artifact"]["accuracy"] - report["after"]["accuracy"]) <= 0.05  # int8 compiled vs torch
-    artifact = CompiledArtifact.open(report["artifact"]["path"])
+    artifact = CompiledArtifact.open(project / report["artifact"]["path"])  # relative to where compress ran
     assert tuple(artifact.inputs[0].shape) == (1, 3, 32, 32)
-    program = torch.export.load(str(project / "out" / "model.pt2"))
+    program = torch.export.load(str(compressed["out"] / "model.pt2"))
     assert tuple(program.example_inputs[0][0].shape) == (1, 3, 32, 32)
+
+
+def test_the_compress_output_deploys_to_a_local_ssh_device(compressed, device, edgekit, capsys):
+    assert compressed["code"] == 0, compressed["err"]
+    code, out, err = edgekit("deploy", "--artifact", compressed["out"] / "artifacts", "--target", "host",
+                             "--host", device.host_spec, "-i", device.client_key, "--known-hosts",
+                             device.known_hosts, "--no-agent", "--warmup", "1", "--repeats", "5", "--json",
+                             capsys=capsys)
+    assert code == 0, err
+    result = json.loads(out)["devices"][0]
+    assert result["ok"] and result["report"]["output_check"]["passed"] is True  # a real user image, int8 tolerance
 
 
 def _empty_folder(project, tmp):
