@@ -70,7 +70,9 @@ def optimize_model(model=None, data="fashion-mnist", *, latency_budget_ms: float
             data = setup["data"]
         if accuracy_metric is None and setup.get("accuracy_metric") == "custom":
             raise UsageError(f"{run_dir} was searched with a metric function given through the API; pass it again")
-        data = _resolve_data(data, config, image_options=_image_options(image_options, setup.get("image_options")),
+        # The saved input shape gives an image folder the size and channels the first run decoded it at.
+        data = _resolve_data(data, config, input_shape=tuple(setup["input_shape"]),
+                             image_options=_image_options(image_options, setup.get("image_options")),
                              metric=accuracy_metric or setup.get("accuracy_metric"))
         if device is None and not proxy:
             device = _make_device(setup.get("host"), connect or setup.get("connect"), setup.get("threads", threads))
