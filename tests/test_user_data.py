@@ -201,6 +201,8 @@ def test_factory_returning_junk_is_a_data_error(project):
 
     with pytest.raises(DataError, match="returned a int"):
         load_data("userpkg.data:junk")
+    with pytest.raises(DataError, match="cannot load data factory 'userpkg.data:nothing'"):
+        load_data("userpkg.data:nothing")
 
 
 def test_data_the_model_refuses_or_labels_out_of_range_are_data_errors(project):

@@ -10,16 +10,16 @@ import importlib
 import re
 from typing import Any
 
-from edgekit.errors import UsageError
+from edgekit.errors import EdgekitError, UsageError
 
 SPEC_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
-def import_object(spec: str, what: str) -> Any:
-    """The attribute ``name`` of ``package.module``; a UsageError that names ``what`` it was for."""
+def import_object(spec: str, what: str, error: type[EdgekitError] = UsageError) -> Any:
+    """The attribute ``name`` of ``package.module``; ``error`` (a data factory's: DataError) names ``what``."""
     module_name, _, attr = spec.partition(":")
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise UsageError(f"cannot load {what} '{spec}': {exc}",
+        raise error(f"cannot load {what} '{spec}': {exc}",
                          hint="give package.module:name, importable from the current directory") from None

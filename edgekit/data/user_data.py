@@ -99,7 +99,7 @@ def _resolve(spec, *, input_shape, model, image_options, seed) -> DataSplits:
         return DataSplits(train=load_dataset(text, "train"), test=load_dataset(text, "test"), source=text,
                           info={"form": "builtin"})
     if SPEC_RE.fullmatch(text):
-        factory = import_object(text, "data factory")
+        factory = import_object(text, "data factory", DataError)  # data missing: exit 14, as a model's is 8
         try:
             result = factory() if callable(factory) and not _is_data(factory) else factory
         except Exception as exc:  # noqa: BLE001 - the user's factory may raise anything
