@@ -187,8 +187,9 @@ def _torch_via_onnx(module, input_shapes, example_inputs, *, source: str | None 
                 logger.setLevel(logging.CRITICAL)
             if isinstance(module, torch.export.ExportedProgram):
                 # A program's module() cannot be traced again (no eval/train): the dynamo exporter takes
-                # the program itself, converting to opset 17 from the 18 it writes.
-                onnx_program = torch.onnx.export(module, (), dynamo=True, opset_version=17, verbose=False)
+                # the program itself, at the opset 18 it writes (its conversion down to 17 leaves opset-18
+                # attributes behind, e.g. ReduceMean's noop_with_empty_axes, and the checker refuses that).
+                onnx_program = torch.onnx.export(module, (), dynamo=True, opset_version=18, verbose=False)
                 buffer.write(onnx_program.model_proto.SerializeToString())
             else:
                 inputs = _example_inputs(input_shapes, example_inputs, source)
@@ -206,9 +207,9 @@ def alternative_route(model, *, input_shapes=None, example_inputs=None) -> Impor
     """``model`` (a ``load_model`` spec) through the ONNX route, when the torch.export route failed; None
     when there is no other route.
 
-    A torch model (a module, a factory, a zoo model: TorchScript exporter, for the shapes the
-    torch route used; a ``.pt2`` program: the dynamo exporter, which takes the program itself)
-    is exported to ONNX opset 17 in this process.  An ``.onnx`` file has no other route: nothing turns ONNX back into torch.
+    A torch model is exported to ONNX in this process: a module, a factory or a zoo model with the
+    TorchScript exporter (opset 17) for the shapes the torch route used; a ``.pt2`` program with
+    the dynamo exporter, which takes the program itself (opset 18).  An ``.onnx`` file has no other route: nothing turns ONNX back into torch.
     """
     from edgekit.models import load_model
 

@@ -168,6 +168,24 @@ def convert_adaptive_max_pool(node, importer):
     return bb.emit(relax.Tuple([values, values]))
 
 
+def convert_native_channel_shuffle(node, importer):
+    """``aten.native_channel_shuffle(x, groups)`` -> reshape, transpose, reshape (ShuffleNet's shuffle).
+
+    Failure fixed: ``nn.ChannelShuffle`` / ``torch.native_channel_shuffle`` have no torch frontend
+    entry (and no ONNX export either), while the same shuffle written with view/transpose works.
+    """
+    from tvm import relax
+
+    x = importer.env[node.args[0]]
+    groups = int(node.args[1])
+    shape = [int(d) for d in x.ty.shape]
+    batch, channels, rest = shape[0], shape[1], shape[2:]
+    bb = importer.block_builder
+    y = bb.emit(relax.op.reshape(x, [batch, groups, channels // groups, *rest]))
+    y = bb.emit(relax.op.permute_dims(y, [0, 2, 1, *range(3, 3 + len(rest))]))
+    return bb.emit(relax.op.reshape(y, shape))
+
+
 def _getitem():
     import operator
 
@@ -181,6 +199,7 @@ TORCH_CONVERTERS = {
     "max.dim": _convert_reduce_dim("max", "argmax"),
     "min.dim": _convert_reduce_dim("min", "argmin"),
     "adaptive_max_pool2d.default": convert_adaptive_max_pool,
+    "native_channel_shuffle.default": convert_native_channel_shuffle,
 }
 
 

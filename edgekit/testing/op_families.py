@@ -211,6 +211,8 @@ class ShuffleUnit(nn.Module):
 
 
 class ShuffleNet(nn.Module):
+    """Two ShuffleNetV2 units, a grouped conv, an uneven split and a view/transpose shuffle of a part."""
+
     def __init__(self):
         super().__init__()
         self.stem = _conv_bn_act(3, 16, stride=2)
@@ -224,6 +226,20 @@ class ShuffleNet(nn.Module):
         left, mid, right = torch.split(x, [8, 16, 8], dim=1)
         x = torch.cat([right, channel_shuffle(mid, 4), left], dim=1)
         return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class ChannelShuffleModule(nn.Module):
+    """``nn.ChannelShuffle`` (torch.export writes it as view/permute) and ``torch.native_channel_shuffle``
+    called directly (which stays an op of its own); torch has no ONNX export for either: .pt2 only."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = _conv_bn_act(8, 16, 3, groups=4)
+        self.shuffle = nn.ChannelShuffle(4)
+        self.conv2 = nn.Conv2d(16, 16, 1, groups=4)
+
+    def forward(self, x):
+        return self.conv2(torch.native_channel_shuffle(self.shuffle(self.conv(x)), 2))
 
 
 class GroupedConvNet(nn.Module):
@@ -401,6 +417,7 @@ _FAMILIES: dict[str, tuple[Callable[[], nn.Module], tuple[tuple[int, ...], ...]]
     "sdpa": (SDPANet, ((1, 10, 32),)),
     "patch-embedding": (PatchEmbedNet, ((1, 3, 32, 32),)),
     "shufflenet-unit": (ShuffleNet, ((1, 3, 32, 32),)),
+    "channel-shuffle-module": (ChannelShuffleModule, (_image(),)),
     "grouped-conv": (GroupedConvNet, (_image(),)),
     "keyword-spotter": (KeywordSpotter, ((1, 10, 49),)),
     "reductions": (ReductionsNet, ((1, 6, 5, 7),)),
@@ -413,7 +430,7 @@ _FAMILIES: dict[str, tuple[Callable[[], nn.Module], tuple[tuple[int, ...], ...]]
 }
 FAMILIES = tuple(_FAMILIES)
 # Families torch cannot export to ONNX at all (no ONNX form for the op): compiled from .pt2 only.
-PT2_ONLY = frozenset({"adaptive-pool-uneven"})
+PT2_ONLY = frozenset({"adaptive-pool-uneven", "channel-shuffle-module"})
 
 
 def routes(name: str) -> tuple[str, ...]:
