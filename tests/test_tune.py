@@ -261,3 +261,75 @@ def test_a_record_slower_than_the_default_is_not_applied(tuned, tmp_path, capsys
     artifact = compile_model(_conv_model(), "host", input_shapes=[SHAPE], out_dir=tmp_path / "a", tuning=db_copy)
     assert transpose.task_name not in artifact.manifest["schedules"]["tuned"]
     assert transpose.task_name in artifact.manifest["tuning"]["kept_out_slower_than_default"]
+
+
+class _Task:
+    def __init__(self, name, weight=1.0):
+        self.task_name, self.weight = name, weight
+
+
+def test_tuning_goes_to_the_kernels_that_hold_the_time():
+    """Pure logic: slowest first (weight x default time) up to FOCUS_SHARE; an unmeasured kernel is tuned."""
+    from edgekit.compile.tune import focus_tasks
+
+    tasks = [_Task("big", 2.0), _Task("mid"), _Task("small"), _Task("tiny"), _Task("unknown")]
+    times = {"big": 40.0, "mid": 15.0, "small": 3.0, "tiny": 2.0, "unknown": None}  # big: 80 of 100 us
+    tuned, left = focus_tasks(tasks, times, share=0.9)
+    assert [t.task_name for t in tuned] == ["big", "mid", "unknown"]
+    assert [t.task_name for t in left] == ["small", "tiny"]
+    assert [t.task_name for t in focus_tasks(tasks, times, share=1.0)[0]] == [t.task_name for t in tasks]
+
+
+def test_the_first_round_fits_in_the_time_budget():
+    """One batch of every task before any is measured: its size shrinks so that round fits the budget."""
+    from edgekit.compile.tune import FIRST_ROUND_SHARE, SECONDS_PER_BATCH, SECONDS_PER_CANDIDATE_CORE, \
+        _trials_per_iter
+
+    assert _trials_per_iter(100_000, 10) == 32
+    per_iter = _trials_per_iter(100_000, 16, time_budget_s=600, cores=2)
+    first_round_s = 16 * (SECONDS_PER_BATCH + per_iter * SECONDS_PER_CANDIDATE_CORE / 2)
+    assert 2 <= per_iter < 32 and first_round_s <= FIRST_ROUND_SHARE * 600 + 16
+    assert _trials_per_iter(100_000, 50, time_budget_s=60, cores=2) == 2
+
+
+def test_past_the_time_budget_batches_are_not_built_and_nothing_measured_is_lost():
+    """MetaSchedule builds one batch of every task before joining any: past the deadline the builder
+    hands batches back unbuilt, those never reach the database or the cost model, and the loop is left
+    only after the last really built batch was joined (its records saved)."""
+    from tvm.s_tir.meta_schedule.builder import BuilderResult
+    from tvm.s_tir.meta_schedule.runner import RunnerResult
+
+    from edgekit.compile.tune_progress import SKIPPED, Monitor, OutOfTime
+
+    class CountingBuilder:
+        batches = 0
+
+        def build(self, inputs):
+            CountingBuilder.batches += 1
+            return [BuilderResult("/nonexistent.so", None) for _ in inputs]
+
+    class Recorder:
+        seen = []
+
+        def apply(self, scheduler, task_id, candidates, built, ran):
+            Recorder.seen.append((task_id, len(built)))
+
+    import tvm
+    from tvm.s_tir.meta_schedule.builder import BuilderInput
+
+    monitor = Monitor(100, 1e-6, lambda line: None, ["a", "b", "c"])
+    builder = monitor.builder(CountingBuilder())
+    monitor.callback([Recorder()])
+    inputs = [BuilderInput(tvm.IRModule(), tvm.target.Target("llvm"))] * 2
+    first = builder.build(inputs)  # the first batch is always built, whatever the budget
+    later = builder.build(inputs)
+    assert CountingBuilder.batches == 1 and [str(r.error_msg) for r in later] == [SKIPPED, SKIPPED]
+    assert all(r.error_msg is None for r in first)
+
+    ok = [RunnerResult([1e-5], None), RunnerResult([2e-5], None)]
+    skipped = [RunnerResult(None, SKIPPED), RunnerResult(None, SKIPPED)]
+    monitor.join(None, 1, [None, None], later, skipped)  # the unbuilt batch: no stop yet, nothing seen
+    assert Recorder.seen == [] and not monitor.out_of_time
+    with pytest.raises(OutOfTime):
+        monitor.join(None, 0, [None, None], first, ok)  # the built batch: recorded, then the loop is left
+    assert Recorder.seen == [(0, 2)] and monitor.measured == 2 and monitor.ok == 2 and monitor.out_of_time

@@ -66,7 +66,7 @@ def run(args) -> int:
         info(f"  {'kernel':44s} {'status':11s} {'trials':>6s} {'default':>10s} {'tuned':>10s} {'gain':>10s}")
         for task in report.tasks:
             gain = task.gain
-            default = _us(gain.default_us if gain else None)
+            default = _us(gain.default_us if gain else task.default_us)
             tuned = _us(gain.tuned_us if gain else task.best_us)
             saved = _us(gain.gain_us) if gain and gain.applied else ("kept out" if gain else "")
             info(f"  {task.name[:44]:44s} {task.status:11s} {task.trials_this_run:6d} {default:>10s} {tuned:>10s} "

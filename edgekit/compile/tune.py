@@ -18,6 +18,7 @@ instead of returning quietly.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,15 +51,18 @@ class TaskReport:
     weight: float
     trials: int  # trials recorded for this kernel's workload, earlier runs (and other models) included
     best_us: float | None  # MetaSchedule's best measurement of the record
-    status: str = "tuned"  # "tuned" (searched in this run) | "in_database" (record existed: not tuned) | "untuned"
+    # "tuned" (searched in this run) | "in_database" (record existed: not tuned) | "minor" (left out:
+    # among the kernels that share the last 10% of the time, see FOCUS_SHARE) | "untuned"
+    status: str = "tuned"
     trials_this_run: int = 0
     gain: Any = None  # tune_gain.KernelGain, when the kernel has a record
+    default_us: float | None = None  # edgekit's default schedule, measured (before the search, or by the gain)
 
     def to_dict(self) -> dict[str, Any]:
         gain = self.gain.to_dict() if self.gain is not None else {}
         return {"name": self.name, "weight": self.weight, "status": self.status, "trials": self.trials,
                 "trials_this_run": self.trials_this_run, "best_us": self.best_us,
-                "default_us": gain.get("default_us"), "tuned_us": gain.get("tuned_us"),
+                "default_us": gain.get("default_us", self.default_us), "tuned_us": gain.get("tuned_us"),
                 "applied": gain.get("applied", False), "gain_us": gain.get("gain_us", 0.0),
                 "gain_error": gain.get("error")}
 
@@ -136,15 +140,51 @@ def extract_tasks(lowered, tvm_target) -> list:
 
 def _worth_tuning(task) -> bool:
     # Reshapes and other pure data movement have nothing to schedule.  Global average pooling
-    # ("mean") takes well under a microsecond at these sizes, and TVM 0.27 wrote records for it
-    # (int8 models) that its own JSONDatabase then refused to load, failing every later compile.
+    # ("mean", "mean6", ...) takes well under a microsecond at these sizes, and TVM 0.27 wrote records
+    # for it (int8 models) that its own JSONDatabase then refused to load, failing every later compile.
     return not any(word in task.task_name for word in ("reshape", "squeeze", "flatten")) \
-        and task.task_name != "mean"
+        and not re.fullmatch(r"mean\d*", task.task_name)
 
 
-def _trials_per_iter(budget: int, n_tasks: int) -> int:
-    # Every task gets at least one batch before the gradient scheduler favours the slow ones.
-    return max(2, min(32, budget // max(1, 2 * n_tasks)))
+# Tuning goes to the kernels that hold this share of the model's kernel time under the default
+# schedules, slowest first: MobileNetV3-Small has 50 kernels, and the 20 smallest of them add up to
+# less than a tenth of its time; a short budget spread over all of them bought nothing anywhere.
+FOCUS_SHARE = 0.9
+# What a batch costs (MobileNetV3-Small's convs on two cores): about 8 s for the evolutionary search
+# to pick it, whatever its size, then about 1 s per candidate and core to build and measure.  The
+# first round, one batch of every task, must leave most of a time budget to the search.
+SECONDS_PER_BATCH = 8.0
+SECONDS_PER_CANDIDATE_CORE = 1.0
+FIRST_ROUND_SHARE = 0.3
+
+
+def focus_tasks(tasks, default_us: dict[str, float | None], share: float = FOCUS_SHARE):
+    """(the tasks to tune, the rest): slowest first (weight x default time) until ``share`` of the time.
+
+    A task whose default schedule could not be measured is tuned (its time is unknown, not small).
+    """
+    unknown = [t for t in tasks if default_us.get(t.task_name) is None]
+    known = sorted((t for t in tasks if default_us.get(t.task_name) is not None),
+                   key=lambda t: -float(t.weight) * default_us[t.task_name])
+    total = sum(float(t.weight) * default_us[t.task_name] for t in known)
+    picked, covered = [], 0.0
+    for task in known:
+        if covered >= share * total:
+            break
+        picked.append(task)
+        covered += float(task.weight) * default_us[task.task_name]
+    chosen = {t.task_name for t in picked + unknown}
+    return [t for t in tasks if t.task_name in chosen], [t for t in tasks if t.task_name not in chosen]
+
+
+def _trials_per_iter(budget: int, n_tasks: int, time_budget_s: float | None = None, cores: int = 1) -> int:
+    # Every task gets at least one batch before the gradient scheduler favours the slow ones, and
+    # that first round must fit in a share of the time budget.
+    per_iter = budget // max(1, 2 * n_tasks)
+    if time_budget_s:
+        per_task_s = time_budget_s * FIRST_ROUND_SHARE / max(1, n_tasks) - SECONDS_PER_BATCH
+        per_iter = min(per_iter, int(per_task_s * cores / SECONDS_PER_CANDIDATE_CORE))
+    return max(2, min(32, per_iter))
 
 
 # -------------------------------------------------------------------------------- tuning
@@ -169,8 +209,8 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
     from edgekit.compile import tuning_db
     from edgekit.compile.build import check_toolchain, resolve_tvm_target
     from edgekit.compile.frontend import import_model
-    from edgekit.compile.tune_gain import measure_gains
-    from edgekit.compile.tune_workers import Measurer, worker_environment
+    from edgekit.compile.tune_gain import measure_default_times, measure_gains
+    from edgekit.compile.tune_workers import Measurer, num_cores, worker_environment
     from edgekit.targets import load_target
 
     say = log or (lambda message: None)
@@ -221,11 +261,20 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
         started = time.monotonic()
         monitor = None
         model_stats: dict[str, Any] = {}
+        minor: list = []
+        default_us: dict[str, float | None] = {}
         with worker_environment(threads):
             if to_tune and budget > 0:
-                monitor, model_stats = _search(to_tune, tvm_target, db_path, database, budget,
-                                               trials_per_iter or _trials_per_iter(budget, len(to_tune)),
-                                               measurer, time_budget_s, say)
+                default_us = measure_default_times(to_tune, db_path, tvm_target, measurer, say)
+                to_tune, minor = focus_tasks(to_tune, default_us)
+                if minor:
+                    say(f"not tuned, together under {100 * (1 - FOCUS_SHARE):.0f}% of the kernel time: "
+                        f"{', '.join(t.task_name for t in minor)}")
+                per_iter = trials_per_iter or _trials_per_iter(budget, len(to_tune), time_budget_s,
+                                                              num_cores(tvm_target))
+                left_s = None if time_budget_s is None else max(1.0, time_budget_s - (time.monotonic() - started))
+                monitor, model_stats = _search(to_tune, tvm_target, db_path, database, budget, per_iter,
+                                               measurer, left_s, say)
             elapsed = time.monotonic() - started
             gains = measure_gains(tasks, db_path, tvm_target, measurer, say)
         if monitor is None:
@@ -237,7 +286,8 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
         # Read back from disk: the database object the search wrote through no longer finds its own
         # records by workload (has_workload is False for them), so every count came out 0.
         report = _report(profile, fingerprint, db_path, tuning_db.open_database(db_path), tasks, to_tune,
-                         in_database, monitor, gains, trials, elapsed, stopped, session, model_stats)
+                         in_database, {t.task_name for t in minor}, default_us, monitor, gains, trials, elapsed,
+                         stopped, session, model_stats)
         say(f"tuning done: {report.trials_run} trials ({report.trials_ok} ok) in {elapsed:.0f} s, stopped by "
             f"{stopped}; the records save {report.kernel_gain_us:.1f} us per inference over the default schedules")
         return report
@@ -272,7 +322,6 @@ def _search(to_tune, tvm_target, db_path, database, budget, per_iter, measurer, 
 def run_search(tasks, tvm_target, db_path, database, budget, per_iter, monitor, builder, runner, cost_model):
     import_tvm()
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.measure_callback.measure_callback import _PyMeasureCallback
 
     from edgekit.compile.tune_progress import progress_lines, quiet_metaschedule
     from edgekit.compile.tune_workers import import_cpu_tensor_intrinsics, num_cores
@@ -285,21 +334,21 @@ def run_search(tasks, tvm_target, db_path, database, budget, per_iter, monitor, 
                                                          init_min_unmeasured=32)
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, work_dir=str(log_dir), strategy=strategy, num_threads=num_cores(tvm_target))
-        callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _PyMeasureCallback(monitor.apply)]
+        callbacks = [monitor.callback(ms.measure_callback.MeasureCallback.create("default"))]
         with progress_lines(monitor):
             try:
                 ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(log_dir), max_trials_global=budget,
-                              max_trials_per_task=budget, num_trials_per_iter=per_iter, builder=builder,
-                              runner=runner, database=database, measure_callbacks=callbacks,
-                              task_scheduler="gradient", cost_model=cost_model)
+                              max_trials_per_task=budget, num_trials_per_iter=per_iter,
+                              builder=monitor.builder(builder), runner=runner, database=database,
+                              measure_callbacks=callbacks, task_scheduler="gradient", cost_model=cost_model)
             except Exception as exc:
                 if not monitor.out_of_time:  # OutOfTime arrives wrapped by the FFI boundary
                     raise
                 del exc
 
 
-def _report(profile, fingerprint, db_path, database, tasks, to_tune, in_database, monitor, gains, requested,
-            elapsed, stopped, session, model_stats) -> TuningReport:
+def _report(profile, fingerprint, db_path, database, tasks, to_tune, in_database, minor, default_us, monitor,
+            gains, requested, elapsed, stopped, session, model_stats) -> TuningReport:
     from edgekit.compile import tuning_db
 
     gain_by_name = {g.name: g for g in gains}
@@ -310,10 +359,11 @@ def _report(profile, fingerprint, db_path, database, tasks, to_tune, in_database
         record = tuning_db.best_record(database, mod)
         ran = monitor.trials_by_task.get(searched[task.task_name], 0) if monitor and task.task_name in searched else 0
         status = "tuned" if ran else "in_database" if task.task_name in in_database else \
-            "tuned" if record is not None else "untuned"
+            "tuned" if record is not None else "minor" if task.task_name in minor else "untuned"
         reports.append(TaskReport(task.task_name, float(task.weight), tuning_db.trial_count(database, mod),
                                   tuning_db.record_us(record) if record is not None else None, status=status,
-                                  trials_this_run=ran, gain=gain_by_name.get(task.task_name)))
+                                  trials_this_run=ran, gain=gain_by_name.get(task.task_name),
+                                  default_us=default_us.get(task.task_name)))
     return TuningReport(target=profile.name, fingerprint=fingerprint, database_dir=db_path, trials_requested=requested,
                         trials_run=monitor.measured if monitor else 0, trials_ok=monitor.ok if monitor else 0,
                         tuning_s=elapsed, stopped_by=stopped, tasks=reports,

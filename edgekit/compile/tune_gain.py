@@ -71,11 +71,47 @@ def apply_record(mod, record, tvm_target):
     return sch.mod
 
 
-def measure_gains(tasks, db_path: Path, tvm_target, measurer, say) -> list[KernelGain]:
-    """Default vs tuned time of every task with a record; updates the database's slower-than-default list."""
+def measure_default_times(tasks, db_path: Path, tvm_target, measurer, say) -> dict[str, float | None]:
+    """Each task's time under edgekit's default schedule (us per call; None when it failed to build or run).
+
+    Cached with the gain measurements (``kernel_times.json``), so a kernel is measured once per
+    rule version, whichever of the two asks first.
+    """
+    times = read_json(db_path / KERNEL_TIMES_FILE)
+    scheduled = {task.task_name: default_schedule(task.dispatched[0], tvm_target) for task in tasks}
+    keys = {name: module_key(mod) for name, mod in scheduled.items()}
+    mods = {keys[name]: mod for name, mod in scheduled.items() if keys[name] not in times}
+    if mods:
+        say(f"measuring the default schedules of {len(mods)} kernels, to spend the budget where the time is")
+        _measure(mods, tvm_target, measurer, times, {})
+        write_json(db_path / KERNEL_TIMES_FILE, times)
+    return {name: times.get(key) for name, key in keys.items()}
+
+
+def _measure(mods: dict, tvm_target, measurer, times: dict, errors: dict) -> None:
+    """Build and run every module of ``mods`` (key -> module) in one batch; fills ``times`` (us) and ``errors``."""
     import_tvm()
     from tvm.s_tir import meta_schedule as ms
 
+    inputs = list(mods.items())
+    built = measurer.builder.build([ms.builder.BuilderInput(m, tvm_target) for _, m in inputs])
+    runs, keys = [], []
+    for (key, m), result in zip(inputs, built):
+        if result.error_msg:
+            errors[key] = str(result.error_msg).strip().splitlines()[-1][:200]
+            continue
+        runs.append(ms.runner.RunnerInput(result.artifact_path, "cpu", ms.arg_info.ArgInfo.from_prim_func(m["main"])))
+        keys.append(key)
+    for key, future in zip(keys, measurer.runner.run(runs)):
+        result = future.result()
+        if result.error_msg or not result.run_secs:
+            errors[key] = str(result.error_msg).strip().splitlines()[-1][:200]
+            continue
+        times[key] = sum(float(s) for s in result.run_secs) / len(result.run_secs) * 1e6
+
+
+def measure_gains(tasks, db_path: Path, tvm_target, measurer, say) -> list[KernelGain]:
+    """Default vs tuned time of every task with a record; updates the database's slower-than-default list."""
     # Read back from disk: a record still in the memory of the run that measured it gives another
     # record_key than the same record loaded (as plan_build loads it), so keys come from the file.
     database = open_database(db_path)
@@ -103,22 +139,7 @@ def measure_gains(tasks, db_path: Path, tvm_target, measurer, say) -> list[Kerne
                 to_measure[module_key(m)] = m
     if to_measure:
         say(f"measuring {len(to_measure)} kernels: default schedules vs the best records")
-        inputs = list(to_measure.items())
-        built = measurer.builder.build([ms.builder.BuilderInput(m, tvm_target) for _, m in inputs])
-        runs, keys = [], []
-        for (key, m), result in zip(inputs, built):
-            if result.error_msg:
-                errors[key] = str(result.error_msg).strip().splitlines()[-1][:200]
-                continue
-            runs.append(ms.runner.RunnerInput(result.artifact_path, "cpu",
-                                              ms.arg_info.ArgInfo.from_prim_func(m["main"])))
-            keys.append(key)
-        for key, future in zip(keys, measurer.runner.run(runs)):
-            result = future.result()
-            if result.error_msg or not result.run_secs:
-                errors[key] = str(result.error_msg).strip().splitlines()[-1][:200]
-                continue
-            times[key] = sum(float(s) for s in result.run_secs) / len(result.run_secs) * 1e6
+        _measure(to_measure, tvm_target, measurer, times, errors)
         write_json(db_path / KERNEL_TIMES_FILE, times)
 
     gains = []
