@@ -93,6 +93,7 @@ def kernels():
     torch.manual_seed(0)
     return {
         "gemv_linear_1x1280_1000": (nn.Linear(1280, 1000), [(1, 1280)]),
+        "gemv_linear_1x1024_1000": (nn.Linear(1024, 1000), [(1, 1024)]),  # MobileNetV3-Small's classifier
         "gemm_qkv_197x192x576": (nn.Linear(192, 576), [(197, 192)]),
         "gemm_mlp1_gelu_197x192x768": (LinearGelu(192, 768), [(197, 192)]),
         "gemm_mlp2_197x768x192": (nn.Linear(768, 192), [(197, 768)]),
