@@ -167,6 +167,21 @@ def test_a_failing_primitive_leaves_the_kernel_unscheduled_not_the_build_broken(
     assert "Matmul" not in log.by_rule and any("matmul" in k for k in log.unscheduled)
 
 
+def test_a_rule_that_raises_is_logged_and_the_next_rule_tried(monkeypatch):
+    """A rule's own bug (not a refused primitive it catches) costs the kernel its schedule, not the build."""
+    from edgekit.compile.schedules import matmul
+
+    def broken(self, *_args):
+        raise ValueError("rule bug")
+
+    monkeypatch.setattr(matmul.Matmul, "apply", broken)
+    monkeypatch.delenv("EDGEKIT_SCHEDULE_DEBUG", raising=False)
+    vm, log = _build(nn.Linear(16, 8), [(1, 16)])
+    kernel = next(k for k in log.unscheduled if "matmul" in k)
+    assert log.rule_errors[kernel] == "Matmul: rule bug"
+    assert vm is not None
+
+
 def _transformer_library(target, tmp_path):
     model, shape = build("transformer")
     library = tmp_path / f"{target}.so"

@@ -14,10 +14,12 @@ class ScheduleLog:
     by_rule: dict[str, list[str]] = field(default_factory=dict)   # rule name -> kernel names
     tuned: list[str] = field(default_factory=list)                # scheduled by tuning records
     unscheduled: list[str] = field(default_factory=list)          # naive loops: named, never silent
+    rule_errors: dict[str, str] = field(default_factory=dict)     # kernel -> "Rule: error" of a rule that raised
 
     def to_dict(self) -> dict:
         return {"by_rule": {k: sorted(v) for k, v in sorted(self.by_rule.items())},
-                "tuned": sorted(self.tuned), "unscheduled": sorted(self.unscheduled)}
+                "tuned": sorted(self.tuned), "unscheduled": sorted(self.unscheduled),
+                "rule_errors": dict(sorted(self.rule_errors.items()))}
 
 
 def schedule_rules(target) -> list:
@@ -35,6 +37,8 @@ def ApplySchedules(target, log: ScheduleLog | None = None):  # noqa: N802 (a pas
     tvm = import_tvm()
     from tvm import tirx
 
+    from edgekit.compile.schedules._common import debug_schedules
+
     rules = schedule_rules(target)
     log = log if log is not None else ScheduleLog()
 
@@ -49,7 +53,16 @@ def ApplySchedules(target, log: ScheduleLog | None = None):  # noqa: N802 (a pas
                 log.tuned.append(name)
                 continue
             for rule in rules:
-                sch = rule.apply(func, target, False)
+                try:
+                    sch = rule.apply(func, target, False)
+                except Exception as exc:  # noqa: BLE001  (a primitive refusing an unforeseen kernel, e.g. col2im)
+                    # The kernel falls to the next rule, or stays a named naive loop: a build never
+                    # fails for a schedule.  EDGEKIT_SCHEDULE_DEBUG=1 re-raises, for rule authors.
+                    if debug_schedules():
+                        raise
+                    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+                    log.rule_errors[name] = f"{type(rule).__name__}: {lines[-1][:200]}"
+                    continue
                 if sch is None:
                     continue
                 sch = sch[0] if isinstance(sch, list) else sch

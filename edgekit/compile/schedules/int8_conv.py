@@ -44,7 +44,11 @@ def find_conv(sch) -> ConvKernel | None:
     """The int8 x int8 -> int32 NHWC conv2d in ``sch``'s function, or None."""
     from tvm.tirx import expr as tirx, stmt as tirx_stmt
 
-    blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    try:
+        root = sch.get_sblock("root")
+    except Exception:  # noqa: BLE001  (an opaque kernel with no block tree, e.g. searchsorted)
+        return None
+    blocks = [sch.get(b) for b in sch.get_child_blocks(root)]
     for index, block in enumerate(blocks):
         store = block.body
         if not isinstance(store, tirx_stmt.BufferStore) or str(store.buffer.dtype) != "int32" or block.init is None:
