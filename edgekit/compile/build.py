@@ -143,6 +143,7 @@ def cpu_pipeline(target, *, database=None, schedule_log=None):
     from tvm import relax
 
     from edgekit.compile.schedules import ApplySchedules, fast_math
+    from edgekit.compile.weight_prepack import FoldWeightPrepack
 
     # Vectorizable exp/erf (softmax, GELU, SiLU): libm's scalar calls split every vector back into
     # lanes (softmax ran at 5.9x ONNX Runtime without it; see schedules/fast_math.py).
@@ -158,8 +159,8 @@ def cpu_pipeline(target, *, database=None, schedule_log=None):
                     mod = tvm.transform.Sequential(
                         [*seq, relax.transform.MetaScheduleApplyDatabase(enable_warning=False)])(mod)
                 seq = []
-            seq += [ApplySchedules(target, schedule_log), *stages.dataflow_lower_passes(target),
-                    *stages.finalize_passes(target)]
+            seq += [ApplySchedules(target, schedule_log), relax.transform.SplitLayoutRewritePreproc(),
+                    FoldWeightPrepack(), *stages.dataflow_lower_passes(target), *stages.finalize_passes(target)]
             return tvm.transform.Sequential(seq)(mod)
 
     return _pipeline

@@ -108,6 +108,9 @@ def schedule_conv(sch, kernel: ConvKernel, intrin: DotIntrin, *, registers: int)
         sch.transform_layout(packed, ("write", 0), pack)
     if intrin.weight_dtype != "int8":
         sch.unsafe_set_dtype(packed, 0, intrin.weight_dtype)
+    # Packed once at compile time, not per call: SplitLayoutRewritePreproc moves this stage out of
+    # the kernel and edgekit.compile.weight_prepack folds it on the constant weight.
+    sch.annotate(packed, "meta_schedule.layout_rewrite_preproc", 1)
 
     o_tile, x_tile = register_tile(kernel.out_channels // lanes, kernel.out_width, registers)
     n, y, x, o, ky, kx, i = sch.get_loops(conv)
