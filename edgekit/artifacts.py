@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import ArtifactError
+from edgekit.measure.board_state import board_warnings, stopping_warnings  # leaves, as stats
 from edgekit.measure.stats import summarize  # a leaf: statistics only, no stage imported
 from edgekit.targets import ELF_MACHINE_BY_ARCH, MeasureProtocol
 
@@ -151,6 +152,12 @@ class LatencyReport:
     output_check: dict[str, Any]  # passed, max_abs_error, atol, rtol
     emulated: bool = False  # measured under qemu: latency is meaningless and never used
     kernels: list[dict[str, Any]] = field(default_factory=list)  # per-kernel timings, when measured
+    warmup_runs: int | None = None  # untimed runs really made: `warmup`, then until the timings settled
+    warmup_settled: bool | None = None  # None: a fixed warm-up was asked for
+    stopping: dict[str, Any] = field(default_factory=dict)  # rule (fixed | ci), why it stopped, the interval then
+    clocks: dict[str, Any] = field(default_factory=dict)  # {"before", "after"}: governors, freqs, temperatures
+    memory: dict[str, Any] = field(default_factory=dict)  # peak_rss_bytes of the run on the device, runtime_rss...
+    warnings: list[str] = field(default_factory=list)  # board not at speed, interval wider than asked
 
     @property
     def median_ms(self) -> float:
@@ -168,6 +175,12 @@ class LatencyReport:
             "output_check": self.output_check,
             "samples_ms": self.samples_ms,
             "kernels": self.kernels,
+            "warmup_runs": self.warmup_runs,
+            "warmup_settled": self.warmup_settled,
+            "stopping": self.stopping,
+            "clocks": self.clocks,
+            "memory": self.memory,
+            "warnings": self.warnings,
         }
 
     @classmethod
@@ -214,14 +227,19 @@ class LatencyReport:
         samples = list(data.get("samples_ms") or [])
         device = {**(data.get("device") or {}), **(device_extra or {})}
         emulated = bool(data.get("emulated") or device.get("emulated"))
-        stats = summarize(samples) if samples else {}
+        stats = summarize(samples, protocol.confidence) if samples else {}
         if emulated:
             stats = {**stats, "emulated": True}
+        clocks = {"before": data["clocks_before"], "after": data["clocks_after"]} if "clocks_before" in data else {}
+        stopping = dict(data.get("stopping") or {})
         report = cls(
             artifact_id=data["artifact_id"], target=data["target"], device=device,
             threads=int(data.get("threads", protocol.threads)), warmup=int(data.get("warmup", protocol.warmup)),
             samples_ms=samples, stats=stats, output_check=data["output_check"], emulated=emulated,
-            kernels=list(data.get("kernels") or []))
+            kernels=list(data.get("kernels") or []), warmup_runs=data.get("warmup_runs"),
+            warmup_settled=data.get("warmup_settled"), stopping=stopping,
+            clocks=clocks, memory=dict(data.get("memory") or {}),
+            warnings=board_warnings(clocks.get("before"), clocks.get("after")) + stopping_warnings(stopping))
         check = report.output_check
         if check_outputs and not check["passed"]:
             raise OutputMismatchError(
@@ -235,7 +253,9 @@ class LatencyReport:
             artifact_id=d["artifact_id"], target=d["target"], device=d["device"], threads=d["threads"],
             warmup=d["warmup"], samples_ms=list(d["samples_ms"]), stats=dict(d["stats"]),
             output_check=dict(d["output_check"]), emulated=d.get("emulated", False),
-            kernels=list(d.get("kernels", [])),
+            kernels=list(d.get("kernels", [])), warmup_runs=d.get("warmup_runs"),
+            warmup_settled=d.get("warmup_settled"), stopping=d.get("stopping") or {},
+            clocks=d.get("clocks") or {}, memory=d.get("memory") or {}, warnings=list(d.get("warnings") or []),
         )
 
 

@@ -21,7 +21,8 @@ BACKSTOP_S = 30.0
 def run_artifact(artifact: CompiledArtifact | str | Path, *, protocol: MeasureProtocol | None = None,
                  warmup: int | None = None, repeats: int | None = None, threads: int | None = None,
                  min_repeat_ms: float | None = None, kernels: bool | None = None, kernel_repeats: int | None = None,
-                 time_limit_s: float | None = None, check_outputs: bool = True, runner_path: Path | None = None,
+                 time_limit_s: float | None = None, ci_target_ratio: float | None = None,
+                 time_cap_s: float | None = None, cpus: tuple[int, ...] | None = None, check_outputs: bool = True, runner_path: Path | None = None,
                  env: dict[str, str] | None = None) -> LatencyReport:
     """Load ``artifact`` here, check its outputs against the reference and time it.
 
@@ -40,7 +41,8 @@ def run_artifact(artifact: CompiledArtifact | str | Path, *, protocol: MeasurePr
             hint="deploy it to a matching device with `edgekit deploy`")
     protocol = (protocol or artifact.measure_protocol).with_overrides(
         warmup=warmup, repeats=repeats, threads=threads, min_repeat_ms=min_repeat_ms, kernels=kernels,
-        kernel_repeats=kernel_repeats, time_limit_s=time_limit_s)
+        kernel_repeats=kernel_repeats, time_limit_s=time_limit_s,
+        ci_target_ratio=ci_target_ratio, time_cap_s=time_cap_s, cpus=cpus)
     command = [sys.executable, str(runner_path or RUNNER_PATH), str(artifact.path), *runner_options(protocol)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=protocol.time_limit_s + BACKSTOP_S,

@@ -56,24 +56,57 @@ class MeasureProtocol:
     kernel_repeats: int = 10
     time_limit_s: float = 300.0  # the runner stops itself after this long
     check_only: bool = False  # check outputs, take no timing
+    # The stopping rule.  Off by default (0): a protocol that names `repeats` gets exactly that many samples,
+    # which latency tables and reproducible reports rely on.  On: at least `repeats`, then more until the
+    # median's confidence interval is within this fraction of it either side, or `time_cap_s` of timing.
+    ci_target_ratio: float = 0.0
+    time_cap_s: float = 10.0
+    max_repeats: int = 10000
+    confidence: float = 0.95  # of the median's interval, in every report
+    # Warm-up continues past `warmup` runs until two windows of runs agree this closely, for at most warmup_cap_s.
+    warmup_settle_ratio: float = 0.05
+    warmup_cap_s: float = 2.0
+    cpus: tuple[int, ...] = ()  # pin the runner to these CPU ids on the device (empty: wherever the OS puts it)
 
     # What a profile declares and a manifest stores; the rest is chosen per run.
     PROFILE_FIELDS: ClassVar[tuple[str, ...]] = ("warmup", "repeats", "threads", "min_repeat_ms")
+    # What a profile may also declare; stored in the manifest only when it differs from the default, so
+    # artifacts compiled from profiles that do not use them keep their manifests (and ids).
+    OPTIONAL_PROFILE_FIELDS: ClassVar[tuple[str, ...]] = ("ci_target_ratio", "time_cap_s", "confidence",
+                                                           "warmup_settle_ratio", "warmup_cap_s")
+
+    def __post_init__(self):
+        object.__setattr__(self, "cpus", tuple(int(c) for c in self.cpus))
 
     def with_overrides(self, **values) -> "MeasureProtocol":
         """This protocol with every value that is not None replaced (None: keep what it says)."""
         return replace(self, **{k: v for k, v in values.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["cpus"] = list(self.cpus)
+        return d
 
     def profile_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.PROFILE_FIELDS}
+        defaults = MeasureProtocol()
+        optional = {k: getattr(self, k) for k in self.OPTIONAL_PROFILE_FIELDS if getattr(self, k) != getattr(defaults, k)}
+        return {**{k: getattr(self, k) for k in self.PROFILE_FIELDS}, **optional}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MeasureProtocol":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def protocol_value_problem(name: str, value) -> str | None:
+    """What is wrong with a stopping-rule or warm-up value of a protocol (profile field or flag), or None."""
+    if name == "confidence":
+        return None if 0.5 <= value < 1.0 else f"must be in [0.5, 1), got {value}"
+    if name in ("ci_target_ratio", "warmup_settle_ratio"):
+        return None if 0.0 <= value < 1.0 else f"must be a fraction in [0, 1) (0: off), got {value}"
+    if name in ("time_cap_s", "warmup_cap_s"):
+        return None if value >= 0 else f"must be >= 0 seconds, got {value}"
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -272,7 +305,7 @@ class _ProfileReader:
         )
 
     def _measure(self, t: dict) -> MeasureProtocol:
-        self._no_unknown(t, "measure.", set(MeasureProtocol.PROFILE_FIELDS))
+        self._no_unknown(t, "measure.", set(MeasureProtocol.PROFILE_FIELDS + MeasureProtocol.OPTIONAL_PROFILE_FIELDS))
         defaults = MeasureProtocol()
         values = {}
         for key in ("warmup", "repeats", "threads"):
@@ -285,6 +318,12 @@ class _ProfileReader:
                           default=defaults.min_repeat_ms)
         if min_ms < 0:
             self.fail("measure.min_repeat_ms", f"must be >= 0, got {min_ms}")
+        for key in MeasureProtocol.OPTIONAL_PROFILE_FIELDS:
+            value = self.get(t, key, (int, float), prefix="measure.", required=False, default=getattr(defaults, key))
+            problem = protocol_value_problem(key, value)
+            if problem:
+                self.fail(f"measure.{key}", problem)
+            values[key] = float(value)
         return MeasureProtocol(min_repeat_ms=float(min_ms), **values)
 
     def _no_unknown(self, table: dict, prefix: str, allowed: set[str]):

@@ -6,7 +6,7 @@ import sys
 
 from edgekit.cli.options import (MODEL_HELP, add_json_option, add_measure_options, add_model_options, add_ssh_options,
                                  add_targets_dir_option, artifact_from_arg, connect_kwargs, measure_overrides)
-from edgekit.cli.output import emit_json, info
+from edgekit.cli.output import emit_json, info, measurement_lines
 
 __all__ = ["register", "run", "add_connection_options", "connect_kwargs"]  # the last two: cli/tune.py
 
@@ -69,8 +69,7 @@ def run(args) -> int:
             raise UsageError(f"artifact {artifact.artifact_id} is compiled for '{artifact.target_name}', "
                              f"not '{args.target}'")
         measure = artifact.measure_protocol.with_overrides(
-            warmup=args.warmup, repeats=args.repeats, threads=args.threads, kernels=args.kernels,
-            time_limit_s=args.time_limit, check_only=args.no_run)
+            **measure_overrides(args), kernels=args.kernels, time_limit_s=args.time_limit, check_only=args.no_run)
     fleet = deploy_model(artifact, hosts=args.host, inventory=args.inventory, measure=measure, root=args.root,
                          keep=args.keep, max_workers=args.jobs, lock_wait_s=args.lock_wait,
                          rollback=args.rollback, connect=connect_kwargs(args), log=info)
@@ -105,6 +104,8 @@ def print_result(r, *, rollback: bool = False) -> None:
         note = "  [EMULATED: not a measurement of the board]" if rep.emulated else ""
         print(f"  latency  median {s['median_ms']:.3f} ms  p90 {s['p90_ms']:.3f} ms  p99 {s['p99_ms']:.3f} ms  "
               f"cv {s['cv']:.1%}  ({s['count']} runs, {rep.threads} thread(s)){note}")
+    for line in measurement_lines(rep):
+        print(f"  {line}")
     for k in sorted(rep.kernels, key=lambda k: -k["total_ms"])[:10]:
         print(f"  kernel   {k['name']:<40} {k['median_ms']:.4f} ms x {k['calls']}")
     d = rep.device

@@ -87,6 +87,12 @@ def _print_summary(result) -> None:
     print(f"  baseline: {base['latency_ms']:.3f} ms, {base['size_bytes']} bytes, val accuracy {base['val_accuracy']:.4f}")
     print(f"  {'chosen' if result.met else 'closest'}:   {ch['latency_ms']:.3f} ms, {ch['size_bytes']} bytes, "
           f"val accuracy {ch['val_accuracy']:.4f}, test accuracy {ch.get('test_accuracy', float('nan')):.4f}")
+    if ch.get("median_ci_low_ms") is not None:
+        print(f"  interval: median in [{ch['median_ci_low_ms']:.4g}, {ch['median_ci_high_ms']:.4g}] ms (95%)")
+    if ch.get("peak_rss_bytes"):
+        own = ch.get("model_memory_bytes")
+        print(f"  memory:   peak resident {ch['peak_rss_bytes'] / 2**20:.1f} MiB on the device"
+              + (f", model {own / 2**20:.2f} MiB (constants + workspace)" if own else ""))
     print("  widths:   " + ", ".join(f"{k}={v}" for k, v in ch["widths"].items()))
     if result.model_path:
         print(f"  model:    {result.model_path}")

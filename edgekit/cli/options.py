@@ -121,13 +121,65 @@ def add_measure_options(parser, *, kernels: bool = False) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed runs, all kept (default: the profile's)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads the model runs with (default: the profile's)")
+    parser.add_argument("--ci-target", type=_fraction("--ci-target"), default=None, metavar="R",
+                        help="stopping rule: keep timing past --repeats until the median's 95%% interval is within "
+                             "R of it either side (e.g. 0.02), or --time-cap passes (default: the profile's; off)")
+    parser.add_argument("--time-cap", type=_seconds("--time-cap"), default=None, metavar="S",
+                        help="seconds of timing the stopping rule may spend (default: 10)")
+    parser.add_argument("--cpus", type=_cpu_list, default=None, metavar="0,1",
+                        help="pin the model to these CPU ids on the device (default: not pinned)")
     if kernels:
         parser.add_argument("--kernels", action="store_true", help="also time each fused kernel on the device")
 
 
+# flag -> MeasureProtocol field, for the flags add_measure_options declares
+MEASURE_FLAGS = {"warmup": "warmup", "repeats": "repeats", "threads": "threads", "ci_target": "ci_target_ratio",
+                 "time_cap": "time_cap_s", "cpus": "cpus"}
+
+
 def measure_overrides(args) -> dict:
     """The measurement flags the user gave, as keyword arguments (the others: the profile's)."""
-    return {k: getattr(args, k) for k in ("warmup", "repeats", "threads") if getattr(args, k, None) is not None}
+    return {field: getattr(args, flag) for flag, field in MEASURE_FLAGS.items() if getattr(args, flag, None) is not None}
+
+
+def _fraction(flag):
+    def parse(text):
+        import argparse
+
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes a fraction such as 0.02, got {text!r}") from None
+        if not 0.0 <= value < 1.0:
+            raise argparse.ArgumentTypeError(f"{flag} is a fraction in [0, 1) (0: off), got {text}")
+        return value
+    return parse
+
+
+def _seconds(flag):
+    def parse(text):
+        import argparse
+
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{flag} takes seconds > 0, got {text!r}")
+        return value
+    return parse
+
+
+def _cpu_list(text):
+    import argparse
+
+    try:
+        cpus = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        cpus = ()
+    if not cpus or min(cpus) < 0:
+        raise argparse.ArgumentTypeError(f"--cpus takes CPU ids such as 0,1, got {text!r}")
+    return cpus
 
 
 # ---------------------------------------------------------------- the optimize search

@@ -5,7 +5,7 @@ from __future__ import annotations
 from edgekit.cli.compile import compile_from_args
 from edgekit.cli.options import (MODEL_HELP, add_json_option, add_measure_options, add_model_options,
                                  add_targets_dir_option, artifact_from_arg, measure_overrides)
-from edgekit.cli.output import emit_json, progress
+from edgekit.cli.output import emit_json, measurement_lines, progress
 
 
 def register(subparsers) -> None:
@@ -43,4 +43,6 @@ def run(args) -> int:
           f"cv {s['cv']:.1%}  ({s['count']} runs after {report.warmup} warm-up, {report.threads} thread(s))")
     print(f"device     {report.device.get('cpu_model')} ({report.device.get('machine')}), "
           f"governor {report.device.get('governor') or 'n/a'}")
+    for line in measurement_lines(report):
+        print(line)
     return 0

@@ -19,6 +19,8 @@ def measure_latency(artifact: CompiledArtifact | str, host=None, *, protocol: Me
                     warmup: int | None = None, repeats: int | None = None, threads: int | None = None,
                     min_repeat_ms: float | None = None, kernels: bool | None = None,
                     kernel_repeats: int | None = None, time_limit_s: float | None = None,
+                    ci_target_ratio: float | None = None, time_cap_s: float | None = None,
+                    cpus: tuple[int, ...] | None = None,
                     connect: dict | None = None, root: str | None = None, trust_new_host: bool = False,
                     emulated: bool = False, runner_path: Path | None = None,
                     env: dict[str, str] | None = None) -> LatencyReport:
@@ -33,7 +35,8 @@ def measure_latency(artifact: CompiledArtifact | str, host=None, *, protocol: Me
         artifact = CompiledArtifact.open(artifact)
     protocol = (protocol or artifact.measure_protocol).with_overrides(
         warmup=warmup, repeats=repeats, threads=threads, min_repeat_ms=min_repeat_ms, kernels=kernels,
-        kernel_repeats=kernel_repeats, time_limit_s=time_limit_s)
+        kernel_repeats=kernel_repeats, time_limit_s=time_limit_s,
+        ci_target_ratio=ci_target_ratio, time_cap_s=time_cap_s, cpus=cpus)
     if host is None:
         from edgekit.run import run_artifact
 

@@ -6,7 +6,8 @@ the TVM runtime) and never imports edgekit, which the device does not have:
     agent.py         device facts, the deploy lock and the content-addressed store; sent with python3 -c
     runner.py        loads an artifact, checks its outputs, times it; uploaded into each version
     rpc_server.py    TVM's RPC listen loop for remote tuning; sent with python3 -c
-    device_facts.py  what they share: file sha256, CPU/board/governor facts
+    device_facts.py  what they share: file sha256, CPU/board/governor facts, clocks and temperatures
+    order_stats.py   the median's confidence interval: the runner's stopping rule, and the host's reports
 
 A program carries device_facts.py with it: uploaded beside it (``UPLOADED_WITH_RUNNER``), or inlined
 ahead of its source for ``python3 -c`` (``inline_source``).  This module is host-side.
@@ -19,8 +20,9 @@ from pathlib import Path
 PROGRAMS_DIR = Path(__file__).resolve().parent
 HELPER_MODULES = ("device_facts",)
 RUNNER_PATH = PROGRAMS_DIR / "runner.py"
+RUNNER_HELPERS = (*HELPER_MODULES, "order_stats")  # only the runner needs the interval
 # The files a deployed version holds beside the artifact's own, so that runner.py runs there as it does here.
-UPLOADED_WITH_RUNNER = tuple(PROGRAMS_DIR / f"{name}.py" for name in ("runner", *HELPER_MODULES))
+UPLOADED_WITH_RUNNER = tuple(PROGRAMS_DIR / f"{name}.py" for name in ("runner", *RUNNER_HELPERS))
 
 
 def program_path(name: str) -> Path:
@@ -43,6 +45,12 @@ def runner_options(protocol) -> list[str]:
     """runner.py's options for a ``MeasureProtocol``: the same on this machine and on a board."""
     argv = ["--warmup", str(protocol.warmup), "--repeats", str(protocol.repeats), "--threads", str(protocol.threads),
             "--min-repeat-ms", str(protocol.min_repeat_ms), "--time-limit", str(protocol.time_limit_s)]
+    argv += ["--warmup-settle", str(protocol.warmup_settle_ratio), "--warmup-cap", str(protocol.warmup_cap_s)]
+    if protocol.ci_target_ratio > 0:
+        argv += ["--ci-target", str(protocol.ci_target_ratio), "--time-cap", str(protocol.time_cap_s),
+                 "--max-repeats", str(protocol.max_repeats), "--confidence", str(protocol.confidence)]
+    if protocol.cpus:
+        argv += ["--cpus", ",".join(str(c) for c in protocol.cpus)]
     if protocol.check_only:
         argv.append("--check-only")
     if protocol.kernels:

@@ -7,10 +7,18 @@ On the host, ``edgekit.run`` starts the same file as a local process.
 
     python3 runner.py ARTIFACT_DIR [--warmup N] [--repeats N] [--min-repeat-ms MS] [--threads N]
                       [--check-only] [--kernels] [--kernel-repeats N] [--time-limit S] [--watch-stdin]
-                      [--site DIR] [--emulated]
+                      [--site DIR] [--emulated] [--ci-target R] [--time-cap S] [--max-repeats N]
+                      [--confidence C] [--warmup-settle R] [--warmup-cap S] [--cpus 0,1]
 
 Every kept sample is one timed repeat; with --min-repeat-ms the model runs as many times in a row
 as a repeat needs to last that long, and the sample is their mean (TVM's time_evaluator does this).
+
+Protocol (see edgekit.targets.MeasureProtocol): at least --warmup untimed runs, then more until two
+consecutive windows of runs agree within --warmup-settle (or --warmup-cap seconds pass); then --repeats
+samples, and with --ci-target more, until the median's confidence interval (order statistics,
+order_stats.py) is narrower than that fraction of the median either side, --time-cap seconds of timing
+pass, or --max-repeats samples are kept.  Clocks and temperatures are read before and after; the peak
+resident memory of the process is reported.
 
 Exit codes: 0 ok (the JSON says whether outputs matched), 20 artifact integrity
 failure (sha256), 21 TVM runtime missing, 22 library failed to load, 23 time
@@ -29,14 +37,17 @@ import faulthandler
 import json
 import os
 import platform
+import resource
 import sys
 import threading
 import time
 
 if __package__:  # imported by edgekit on the host (for the exit codes below)
-    from edgekit.onboard.device_facts import file_sha256, machine_facts
-else:  # run as a script: device_facts.py sits beside this file
-    from device_facts import file_sha256, machine_facts
+    from edgekit.onboard.device_facts import clock_state, file_sha256, machine_facts, read_text
+    from edgekit.onboard.order_stats import half_width_ratio, middle
+else:  # run as a script: device_facts.py and order_stats.py sit beside this file
+    from device_facts import clock_state, file_sha256, machine_facts, read_text
+    from order_stats import half_width_ratio, middle
 
 # The host maps each of these to its error (edgekit.artifacts.LatencyReport.from_runner).
 EXIT_INTEGRITY = 20
@@ -44,6 +55,7 @@ EXIT_NO_RUNTIME = 21
 EXIT_LOAD_FAILED = 22
 EXIT_TIME_LIMIT = 23
 EXIT_CLIENT_GONE = 24
+EXIT_BAD_CPUS = 25
 
 
 def main(argv=None):
@@ -60,6 +72,15 @@ def main(argv=None):
     parser.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes (client gone)")
     parser.add_argument("--site", action="append", default=[], help="extra site-packages dir (device runtime)")
     parser.add_argument("--emulated", action="store_true", help="mark the device as emulated")
+    parser.add_argument("--ci-target", type=float, default=0.0,
+                        help="keep timing until the median's CI half-width is this fraction of it (0: --repeats)")
+    parser.add_argument("--time-cap", type=float, default=10.0, help="seconds of timing the CI rule may spend")
+    parser.add_argument("--max-repeats", type=int, default=10000, help="most samples the CI rule may keep")
+    parser.add_argument("--confidence", type=float, default=0.95, help="of the median's interval")
+    parser.add_argument("--warmup-settle", type=float, default=0.05,
+                        help="warm up until two windows' medians differ by less than this fraction (0: --warmup)")
+    parser.add_argument("--warmup-cap", type=float, default=2.0, help="seconds warm-up may spend settling")
+    parser.add_argument("--cpus", default="", help="comma-separated CPU ids to pin the process to")
     args = parser.parse_args(argv)
     faulthandler.enable()  # a segfault prints the Python stack to stderr before the process dies
     if args.time_limit > 0:
@@ -76,6 +97,10 @@ def main(argv=None):
         emit({"ok": False, "error": "integrity", "message": problem})
         return EXIT_INTEGRITY
 
+    pinned = pin_to_cpus(args.cpus)
+    if isinstance(pinned, str):
+        emit({"ok": False, "error": "cpus", "message": pinned})
+        return EXIT_BAD_CPUS
     # The thread pool reads these once, when the runtime starts.
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")  # runtime only: faster import, less memory
@@ -90,6 +115,7 @@ def main(argv=None):
               "python": sys.executable})
         return EXIT_NO_RUNTIME
     import_s = time.perf_counter() - started
+    runtime_rss = rss_bytes()  # the runtime alone, before the library and its constants are loaded
     if manifest["target"]["kind"] == "cuda":
         problem = load_cuda_runtime(tvm)
         if problem:
@@ -117,19 +143,120 @@ def main(argv=None):
               "output_check": check, "device": fingerprint(tvm, args.emulated)}
     report["emulated"] = report["device"]["emulated"]
     report["device"]["runtime_threads"] = runtime_threads(tvm)  # what --threads really gave
+    report["device"]["pinned_cpus"] = sorted(os.sched_getaffinity(0)) if pinned else None
     if not args.check_only:
-        for _ in range(args.warmup):
-            vm["main"](*inputs)
-        # time_evaluator raises `number` until one repeat lasts min_repeat_ms (an integer there)
-        timer = vm.time_evaluator("main", device, number=1, repeat=args.repeats,
-                                  min_repeat_ms=int(round(args.min_repeat_ms)))
+        report["clocks_before"] = clock_state()
+        report["warmup_runs"], report["warmup_settled"] = warm_up(lambda: vm["main"](*inputs), args.warmup,
+                                                                  args.warmup_settle, args.warmup_cap)
         timing_started = time.perf_counter()
-        report["samples_ms"] = [s * 1000.0 for s in timer(*inputs).results]
+        report["samples_ms"], report["stopping"] = timed_samples(vm, device, inputs, args)
         report["timed_s"] = round(time.perf_counter() - timing_started, 4)  # wall time of the timed repeats
-        if args.kernels:
-            report["kernels"] = time_kernels(tvm, library, vm, inputs, device, args.kernel_repeats)
+        report["clocks_after"] = clock_state()
+    # before per-kernel timing, whose argument copies are not the model's memory
+    report["memory"] = memory_use(runtime_rss)
+    if not args.check_only and args.kernels:
+        report["kernels"] = time_kernels(tvm, library, vm, inputs, device, args.kernel_repeats)
     emit(report)
     return 0
+
+
+def pin_to_cpus(text):
+    """Pin this process (and the runtime threads it starts) to the CPUs listed; an error message if it cannot."""
+    if not text:
+        return None
+    try:
+        cpus = {int(c) for c in text.split(",") if c.strip()}
+        os.sched_setaffinity(0, cpus)
+    except (ValueError, OSError) as exc:
+        return "cannot pin to CPUs %s: %s (this device has %s)" % (text, exc, sorted(os.sched_getaffinity(0)))
+    os.environ["TVM_BIND_THREADS"] = "0"  # TVM binds its workers to cores of its own choosing otherwise
+    return cpus
+
+
+def warm_up(run, minimum, settle_ratio, cap_s):
+    """Untimed runs until the timings settle: ``minimum`` runs, then windows of runs until the medians of two
+    consecutive windows differ by at most ``settle_ratio`` (caches, page faults, clocks ramping up), or
+    ``cap_s`` seconds pass.  Returns (runs made, settled)."""
+    window = max(3, minimum // 2)
+    times = []
+    for _ in range(minimum):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    if minimum == 0 or settle_ratio <= 0:
+        return minimum, None  # the user asked for a fixed warm-up
+    deadline = time.perf_counter() + cap_s
+    previous = sorted(times[-window:])
+    while True:
+        current = []
+        for _ in range(window):
+            started = time.perf_counter()
+            run()
+            current.append(time.perf_counter() - started)
+        times += current
+        current.sort()
+        before, now = middle(previous), middle(current)
+        if before > 0 and abs(now - before) / before <= settle_ratio:
+            return len(times), True
+        if time.perf_counter() >= deadline:
+            return len(times), False
+        previous = current
+
+
+def timed_samples(vm, device, inputs, args):
+    """The timed repeats, and how the measurement stopped (``stopping``).
+
+    Without --ci-target: exactly --repeats samples.  With it: batches of samples until the median's
+    interval is narrow enough, the time cap is spent, or --max-repeats samples are kept.
+    """
+    def batch(n):
+        # time_evaluator raises `number` until one repeat lasts min_repeat_ms (an integer there)
+        timer = vm.time_evaluator("main", device, number=1, repeat=n, min_repeat_ms=int(round(args.min_repeat_ms)))
+        return [s * 1000.0 for s in timer(*inputs).results]
+
+    started = time.perf_counter()
+    samples = batch(args.repeats)
+    if args.ci_target <= 0:
+        return samples, {"rule": "fixed", "reason": "repeats"}
+    while True:
+        ratio = half_width_ratio(sorted(samples), args.confidence)
+        elapsed = time.perf_counter() - started
+        if ratio <= args.ci_target:
+            reason = "ci_reached"
+        elif elapsed >= args.time_cap:
+            reason = "time_cap"
+        elif len(samples) >= args.max_repeats:
+            reason = "max_repeats"
+        else:
+            # half as many again, but no more than fit into what is left of the cap
+            per_sample = elapsed / len(samples)
+            fit = int((args.time_cap - elapsed) / per_sample) + 1 if per_sample > 0 else args.max_repeats
+            samples += batch(max(1, min(max(10, len(samples) // 2), fit, args.max_repeats - len(samples))))
+            continue
+        return samples, {"rule": "ci", "reason": reason, "ci_target_ratio": args.ci_target,
+                         "ci_half_width_ratio": ratio if ratio != float("inf") else None,
+                         "time_cap_s": args.time_cap, "max_repeats": args.max_repeats, "elapsed_s": round(elapsed, 4)}
+
+
+def rss_bytes():
+    """This process's resident memory now (VmRSS), or None where /proc is absent."""
+    return _status_bytes("VmRSS")
+
+
+def _status_bytes(field):
+    for line in (read_text("/proc/self/status") or "").splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024  # "VmHWM:   91234 kB"
+    return None
+
+
+def memory_use(runtime_rss):
+    """Peak resident memory of this run: the kernel's high-water mark, and ru_maxrss where /proc is absent."""
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    maxrss_bytes = maxrss if sys.platform == "darwin" else maxrss * 1024  # kB on Linux, bytes on macOS
+    hwm = _status_bytes("VmHWM")
+    return {"peak_rss_bytes": hwm or maxrss_bytes, "ru_maxrss_bytes": maxrss_bytes, "vm_hwm_bytes": hwm,
+            "runtime_rss_bytes": runtime_rss}
 
 
 def runtime_threads(tvm):

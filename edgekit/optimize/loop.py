@@ -26,10 +26,15 @@ from typing import Any
 
 from edgekit.compress.stats import count_macs, count_params
 from edgekit.errors import UsageError
-from edgekit.optimize.prediction import LatencyOracle, param_bytes
+from edgekit.optimize.prediction import MEASURED_EXTRAS, LatencyOracle, param_bytes
 from edgekit.optimize.proposals import PruningSpace, select_proposals
 from edgekit.optimize.records import Candidate, CandidateKind, OptimizeResult, SearchStatus, result_from_state
 
+
+
+def extras_of(measured: dict) -> dict:
+    """The interval and memory figures of a whole-model measurement, as Candidate fields (absent: None)."""
+    return {k: measured.get(k) for k in MEASURED_EXTRAS}
 
 class SearchLoop:
     def __init__(self, state, config, data, teacher, input_shape, device, *, proxy: bool, cache_dir,
@@ -100,7 +105,8 @@ class SearchLoop:
                             "iteration": 0}
         self.add_candidate(Candidate(id="baseline", iteration=0, kind=CandidateKind.BASELINE, widths=original,
                                      latency_ms=measured["latency_ms"], latency_source=measured["source"],
-                                     size_bytes=measured["size_bytes"], val_accuracy=val_acc, test_accuracy=test_acc))
+                                     size_bytes=measured["size_bytes"], val_accuracy=val_acc, test_accuracy=test_acc,
+                                     **extras_of(measured)))
         state.event("baseline", latency_ms=measured["latency_ms"], val_accuracy=val_acc)
         state.save()
         if layers is not None and not all(self.meets(measured).values()):
@@ -147,7 +153,7 @@ class SearchLoop:
         self.add_candidate(Candidate(id="smallest", iteration=0, kind=CandidateKind.SMALLEST, verified=True,
                                      widths=self.space.widths_of(smallest), predicted_latency_ms=predicted,
                                      latency_ms=measured["latency_ms"], latency_source=measured["source"],
-                                     size_bytes=measured["size_bytes"], val_accuracy=acc,
+                                     size_bytes=measured["size_bytes"], val_accuracy=acc, **extras_of(measured),
                                      model_path=str(state.run_dir / "checkpoints" / "smallest.pt")))
         state["status"] = SearchStatus.IMPOSSIBLE
         state["stop_reason"] = (f"even with every layer group at its minimum width the model measures "
@@ -257,7 +263,7 @@ class SearchLoop:
         residual = measured["latency_ms"] - self.latency.conv_sum(layers) if layers is not None else 0.0
         cand = replace(cand, chosen=True, latency_ms=measured["latency_ms"], latency_source=measured["source"],
                        median_ms=measured["median_ms"], p90_ms=measured["p90_ms"], size_bytes=measured["size_bytes"],
-                       artifact_id=measured.get("artifact_id"))
+                       artifact_id=measured.get("artifact_id"), **extras_of(measured))
         self.replace_candidate(cand)
         state.save_model(chosen, state.checkpoint_path(it))  # before the state that names it
         step = {"iteration": it, "group": cand.group, "from_width": cand.from_width, "to_width": cand.width,
@@ -345,7 +351,7 @@ class SearchLoop:
                          widths=widths or self.space.widths_of(model),
                          latency_ms=measured["latency_ms"], median_ms=measured["median_ms"], p90_ms=measured["p90_ms"],
                          latency_source=measured["source"], size_bytes=measured["size_bytes"], val_accuracy=val_acc,
-                         test_accuracy=test_acc, artifact_id=measured.get("artifact_id"),
+                         test_accuracy=test_acc, artifact_id=measured.get("artifact_id"), **extras_of(measured),
                          macs=count_macs(model, self.input_shape), params=count_params(model),
                          model_path=str(self.state.run_dir / "final.pt"))
         self.state["candidates"] = [x for x in self.state["candidates"] if x.get("kind") != CandidateKind.FINAL]

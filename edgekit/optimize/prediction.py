@@ -16,6 +16,22 @@ from edgekit.artifacts import LatencyReport
 from edgekit.errors import UsageError
 
 
+
+# What a whole-model measurement carries beside its median and p90, into the table, the state and the candidates:
+# the median's interval (the round kept), the run's peak resident memory on the device, and the artifact's own
+# memory (constants + workspace, from its manifest; None for artifacts compiled before it was recorded).
+MEASURED_EXTRAS = ("median_ci_low_ms", "median_ci_high_ms", "ci_half_width_ratio", "peak_rss_bytes",
+                   "model_memory_bytes")
+
+
+def measured_extras(report: LatencyReport, artifact) -> dict[str, Any]:
+    memory = (artifact.manifest.get("memory") or {})
+    return {"median_ci_low_ms": report.stats.get("median_ci_low_ms"),
+            "median_ci_high_ms": report.stats.get("median_ci_high_ms"),
+            "ci_half_width_ratio": report.stats.get("ci_half_width_ratio"),
+            "peak_rss_bytes": (report.memory or {}).get("peak_rss_bytes"),
+            "model_memory_bytes": memory.get("model_memory_bytes")}
+
 class LatencyOracle:
     def __init__(self, state, config, device, *, proxy: bool, input_shape, reference_input, cache_dir,
                  artifacts_dir, say, on_event):
@@ -122,13 +138,13 @@ class LatencyOracle:
             self.table.stats["hits"] += 1
             return {"arch": arch, "latency_ms": self.metric_ms(cached), "median_ms": cached["median_ms"],
                     "p90_ms": cached["p90_ms"], "size_bytes": cached["size_bytes"], "source": "measured (cached)",
-                    "artifact_id": cached.get("artifact_id")}
+                    "artifact_id": cached.get("artifact_id"), **{k: cached.get(k) for k in MEASURED_EXTRAS}}
         artifact = self.compile(model)
         report = self.device_measure(artifact)
         entry = {"source": "model", "median_ms": report.stats["median_ms"], "p90_ms": report.stats["p90_ms"],
                  "round_medians_ms": report.stats.get("round_medians_ms"),
                  "samples_ms": report.samples_ms, "size_bytes": artifact.size_bytes,
-                 "artifact_id": artifact.artifact_id}
+                 "artifact_id": artifact.artifact_id, **measured_extras(report, artifact)}
         if not fresh or self.table.get(arch) is None:
             # a fresh re-measurement (the final check) never replaces the number earlier decisions were made on,
             # so that a resumed or repeated search sees exactly what the first one saw
@@ -137,7 +153,8 @@ class LatencyOracle:
         return {"arch": arch, "latency_ms": self.metric_ms(entry), "median_ms": entry["median_ms"],
                 "p90_ms": entry["p90_ms"], "size_bytes": entry["size_bytes"], "source": "measured",
                 "round_medians_ms": entry["round_medians_ms"],
-                "artifact_id": artifact.artifact_id, "device": report.device}
+                "artifact_id": artifact.artifact_id, "device": report.device,
+                **{k: entry.get(k) for k in MEASURED_EXTRAS}}
 
     def require_table(self, layers):
         missing = self.table.missing([spec for _, spec in layers])

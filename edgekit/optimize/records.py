@@ -63,6 +63,11 @@ class Candidate:
     predicted_size_bytes: int | None = None
     median_ms: float | None = None
     p90_ms: float | None = None
+    median_ci_low_ms: float | None = None  # the median's 95% interval, when measured
+    median_ci_high_ms: float | None = None
+    ci_half_width_ratio: float | None = None
+    peak_rss_bytes: int | None = None  # of the run on the device
+    model_memory_bytes: int | None = None  # the artifact's constants + workspace
     macs: int | None = None
     params: int | None = None
     artifact_id: str | None = None
