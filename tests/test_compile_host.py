@@ -84,3 +84,14 @@ def test_artifact_manifest_is_plain_json(out_dir):
     model, shape = build("resnet")
     artifact = compile_model(model, "host", input_shapes=[shape], out_dir=out_dir)
     assert json.loads((artifact.path / "manifest.json").read_text())["artifact_id"] == artifact.artifact_id
+
+
+def test_a_bug_in_edgekits_own_passes_is_not_hidden_by_the_onnx_fallback(monkeypatch, tmp_path):
+    """A Python error raised inside edgekit's pipeline is edgekit's bug: it surfaces as itself (the CLI's
+    internal error), instead of a silent second build through ONNX with other, slower kernels."""
+    from edgekit.compile.schedules import apply, target_info
+
+    monkeypatch.setattr(apply, "schedule_rules", lambda target: target_info.cpu_info(None))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)).eval()
+    with pytest.raises(AttributeError):
+        compile_model(model, "host", input_shapes=[(1, 3, 8, 8)], out_dir=tmp_path, tuning=False)

@@ -221,7 +221,20 @@ def _explain_build_failure(exc: Exception, profile: TargetProfile) -> Exception:
             hint="build on a machine with CUDA <= 12.x (e.g. JetPack's own toolkit on the board)")
     if "nvcc" in text and "not found" in text.lower():
         return ToolchainError(f"target '{profile.name}': nvcc not found", hint="install the CUDA toolkit")
+    if _edgekit_bug(exc):
+        return exc  # not the model's fault: no ONNX fallback may hide it (the CLI reports an internal error)
     return CompileError(_stage_failure(f"lowering and code generation for target '{profile.name}'", exc))
+
+
+def _edgekit_bug(exc: Exception) -> bool:
+    """A Python programming error raised by edgekit's own code (one of its passes), not by TVM."""
+    if not isinstance(exc, (AttributeError, TypeError, NameError, KeyError, IndexError, UnboundLocalError)):
+        return False
+    tb, last = exc.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    package = Path(__file__).resolve().parents[1]
+    return last is not None and Path(last.tb_frame.f_code.co_filename).resolve().is_relative_to(package)
 
 
 def _stage_failure(stage: str, exc: Exception) -> str:

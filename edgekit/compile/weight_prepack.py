@@ -23,6 +23,10 @@ from edgekit.compile.tvm_env import import_tvm
 PREPACK_SUFFIX = "_weight_prepack"
 
 
+class UnsupportedPrepack(ValueError):
+    """A prepack function that is not the one-block gather this module evaluates."""
+
+
 def FoldWeightPrepack():  # noqa: N802 (a pass, named like TVM's)
     """A module pass: ``call_tir(*_weight_prepack, (constant,))`` becomes the packed constant."""
     tvm = import_tvm()
@@ -46,7 +50,10 @@ def FoldWeightPrepack():  # noqa: N802 (a pass, named like TVM's)
             weight = args.fields[0]
             if not isinstance(weight, Constant):
                 return call
-            packed = evaluate_prepack(self.mod_[gvar], weight.value.numpy())
+            try:
+                packed = evaluate_prepack(self.mod_[gvar], weight.value.numpy())
+            except UnsupportedPrepack:
+                return call  # a layout this evaluator does not know: packed at run time, still correct
             return relax.const(packed, str(packed.dtype))
 
     @tvm.transform.module_pass(opt_level=0, name="EdgekitFoldWeightPrepack")
@@ -71,7 +78,7 @@ def evaluate_prepack(func, source: np.ndarray) -> np.ndarray:
     block = realize.block
     store = block.body
     if not isinstance(store, tirx.BufferStore) or len(block.reads) != 1:
-        raise ValueError("a weight prepack block that is not one store of one read")
+        raise UnsupportedPrepack("a weight prepack block that is not one store of one read")
     dst_buf = store.buffer
     extents = [int(loop.extent) for loop in loops]
     grids = np.meshgrid(*[np.arange(e) for e in extents], indexing="ij") if extents else []
@@ -97,7 +104,7 @@ def _single_block_nest(func):
         elif isinstance(node, s_tir.SBlockRealize):
             return node, loops
         else:
-            raise ValueError(f"a weight prepack function that is not one loop nest: {type(node).__name__}")
+            raise UnsupportedPrepack(f"a weight prepack function that is not one loop nest: {type(node).__name__}")
 
 
 def _value(expr, env, source):
@@ -108,7 +115,7 @@ def _value(expr, env, source):
         return _value(expr.value, env, source).astype(str(expr.ty.dtype))
     if isinstance(expr, TensorLoad):  # of the one buffer the block reads: the weight
         return source[tuple(_index(i, env) for i in expr.indices)]
-    raise ValueError(f"a weight prepack value this evaluator does not know: {expr}")
+    raise UnsupportedPrepack(f"a weight prepack value this evaluator does not know: {expr}")
 
 
 def _index(expr, env):
@@ -124,4 +131,4 @@ def _index(expr, env):
     for kind, fn in binary.items():
         if isinstance(expr, kind):
             return fn(_index(expr.a, env), _index(expr.b, env))
-    raise ValueError(f"a weight prepack index this evaluator does not know: {expr}")
+    raise UnsupportedPrepack(f"a weight prepack index this evaluator does not know: {expr}")
