@@ -24,6 +24,9 @@ def register(subparsers) -> None:
     budget.add_argument("--metric", choices=METRICS, default=SearchConfig.metric,
                         help="which statistic of the device's samples must meet the latency budget")
     budget.add_argument("--size-budget-bytes", type=int, metavar="N", help="size of the compiled artifact")
+    budget.add_argument("--memory-budget-mb", type=float, metavar="MB",
+                        help="run-time memory of the model on the device: its constants plus planned workspace "
+                             "(MiB; the runtime's own memory is reported, not budgeted)")
     budget.add_argument("--accuracy-floor", type=float, metavar="F",
                         help="held-out accuracy (0..1) the search never goes below")
     where = parser.add_argument_group("device")
@@ -66,7 +69,8 @@ def run(args) -> int:
             common["threads"] = args.threads
         result = optimize_model(
             args.model, args.data, latency_budget_ms=args.latency_budget_ms, metric=args.metric,
-            size_budget_bytes=args.size_budget_bytes, accuracy_floor=args.accuracy_floor, target=args.target,
+            size_budget_bytes=args.size_budget_bytes, memory_budget_mb=args.memory_budget_mb,
+            accuracy_floor=args.accuracy_floor, target=args.target,
             host=args.host, connect=connect_kwargs(args) if args.host else None, run_dir=args.run_dir,
             proxy=args.proxy, accuracy_metric=args.accuracy_metric, image_options=image_options(args),
             **search_options(args), **common)

@@ -51,8 +51,11 @@ def measurement_lines(report) -> list[str]:
     memory = report.memory or {}
     if memory.get("peak_rss_bytes"):
         runtime = memory.get("runtime_rss_bytes")
+        own = memory.get("artifact") or {}
         lines.append(f"memory     peak resident {memory['peak_rss_bytes'] / 2**20:.1f} MiB"
-                     + (f" (runtime alone {runtime / 2**20:.1f} MiB)" if runtime else ""))
+                     + (f" (runtime alone {runtime / 2**20:.1f} MiB)" if runtime else "")
+                     + (f"; model: constants {own['constant_bytes'] / 2**10:.1f} KiB + workspace "
+                        f"{own['workspace_bytes'] / 2**10:.1f} KiB" if own else "; model memory not recorded"))
     after = (report.clocks or {}).get("after")
     if after is not None:
         lines.append("clocks     " + describe_clocks(report.clocks))

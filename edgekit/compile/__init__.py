@@ -121,6 +121,7 @@ def _compile_imported(imported, *, profile, tvm_target, tvm_version, recipe, tol
                       out_dir, force, step, fallback=None) -> CompiledArtifact:
     """Build one imported model (one frontend route) into its content-addressed artifact directory."""
     from edgekit.compile.build import build_library
+    from edgekit.compile.memory_plan import capture_lowered, memory_of
 
     plan, optimized = _tuning_for(imported.mod, profile, tvm_target, tuning)
     tuning_digest = plan.digest if plan is not None else None
@@ -156,15 +157,18 @@ def _compile_imported(imported, *, profile, tvm_target, tvm_version, recipe, tol
 
             schedule_log = ScheduleLog()
             # The graph passes ran once already when a database was consulted: the build reuses them.
-            build_library(optimized if optimized is not None else imported.mod, profile, work_dir / LIBRARY_NAME,
-                          graph_optimized=optimized is not None, schedule_log=schedule_log,
-                          tuning_database=plan.database if plan is not None else None)
+            with capture_lowered() as lowered:  # the module the library is built from: its memory plan
+                build_library(optimized if optimized is not None else imported.mod, profile, work_dir / LIBRARY_NAME,
+                              graph_optimized=optimized is not None, schedule_log=schedule_log,
+                              tuning_database=plan.database if plan is not None else None)
         inputs = reference_inputs if reference_inputs is not None else _seeded_inputs(imported.inputs)
         outputs = imported.reference(inputs)
         np.savez(work_dir / REFERENCE_NAME, **{f"in{i}": a for i, a in enumerate(inputs)},
                  **{f"out{i}": a for i, a in enumerate(outputs)})
         manifest = _manifest(artifact_id, profile, tvm_target, tvm_version, imported, outputs, work_dir,
                              recipe, tolerance)
+        if lowered.mod is not None:
+            manifest["memory"] = memory_of(lowered.mod)
         if fallback is not None:  # which route built it, and why not the first one
             manifest["model"]["fallback"] = fallback
         if profile.kind == "cpu":

@@ -153,7 +153,7 @@ def main(argv=None):
         report["timed_s"] = round(time.perf_counter() - timing_started, 4)  # wall time of the timed repeats
         report["clocks_after"] = clock_state()
     # before per-kernel timing, whose argument copies are not the model's memory
-    report["memory"] = memory_use(runtime_rss)
+    report["memory"] = {**memory_use(runtime_rss), "artifact": manifest.get("memory")}
     if not args.check_only and args.kernels:
         report["kernels"] = time_kernels(tvm, library, vm, inputs, device, args.kernel_repeats)
     emit(report)

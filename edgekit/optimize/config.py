@@ -18,6 +18,8 @@ class SearchConfig:
     latency_budget_ms: float | None = None
     metric: str = "median"  # which statistic of the device's samples must meet the budget
     size_budget_bytes: int | None = None  # of the compiled artifact (library + reference)
+    # the artifact's run-time memory: constants + planned workspace (manifest "memory"), in MiB
+    memory_budget_mb: float | None = None
     accuracy_floor: float | None = None  # held-out accuracy the search never goes below
     target: str = "host"
     seed: int = 0
@@ -45,13 +47,15 @@ class SearchConfig:
     int8_max_drop: float = 0.005  # accuracy int8 layers may cost (held-out), when they buy latency
 
     def __post_init__(self):
-        if self.latency_budget_ms is None and self.size_budget_bytes is None:
-            raise UsageError("give a budget: latency_budget_ms and/or size_budget_bytes",
+        if self.latency_budget_ms is None and self.size_budget_bytes is None and self.memory_budget_mb is None:
+            raise UsageError("give a budget: latency_budget_ms, size_budget_bytes and/or memory_budget_mb",
                              hint="e.g. edgekit optimize MODEL --latency-budget-ms 5")
         if self.latency_budget_ms is not None and not self.latency_budget_ms > 0:
             raise UsageError(f"latency budget must be > 0 ms, got {self.latency_budget_ms}")
         if self.size_budget_bytes is not None and not self.size_budget_bytes > 0:
             raise UsageError(f"size budget must be > 0 bytes, got {self.size_budget_bytes}")
+        if self.memory_budget_mb is not None and not self.memory_budget_mb > 0:
+            raise UsageError(f"memory budget must be > 0 MiB, got {self.memory_budget_mb}")
         if self.metric not in METRICS:
             raise UsageError(f"unknown latency metric {self.metric!r}; available: {', '.join(METRICS)}")
         if self.accuracy_floor is not None and not 0.0 <= self.accuracy_floor <= 1.0:
@@ -61,6 +65,10 @@ class SearchConfig:
         if self.table_mode not in ("kernels", "whole"):
             raise UsageError(f"table_mode must be 'kernels' or 'whole', got {self.table_mode!r}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
+
+    @property
+    def memory_budget_bytes(self) -> int | None:
+        return None if self.memory_budget_mb is None else int(self.memory_budget_mb * 2**20)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

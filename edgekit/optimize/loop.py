@@ -27,7 +27,7 @@ from typing import Any
 from edgekit.compress.stats import count_macs, count_params
 from edgekit.errors import UsageError
 from edgekit.optimize.prediction import MEASURED_EXTRAS, LatencyOracle, param_bytes
-from edgekit.optimize.proposals import PruningSpace, select_proposals
+from edgekit.optimize.proposals import RESOURCE_KEYS, PruningSpace, select_proposals
 from edgekit.optimize.records import Candidate, CandidateKind, OptimizeResult, SearchStatus, result_from_state
 
 
@@ -63,7 +63,9 @@ class SearchLoop:
 
     def meets(self, measured: dict) -> dict[str, bool]:
         c = self.config
+        memory = measured.get("model_memory_bytes")  # None: not known (an artifact compiled before it was recorded)
         return {"latency": c.latency_budget_ms is None or measured["latency_ms"] <= c.latency_budget_ms,
+                "memory": c.memory_budget_mb is None or (memory is not None and memory <= c.memory_budget_bytes),
                 "size": c.size_budget_bytes is None or measured["size_bytes"] <= c.size_budget_bytes}
 
     def run(self) -> OptimizeResult:
@@ -179,7 +181,7 @@ class SearchLoop:
         # Drop what an interrupted run of this iteration left: it is redone from the checkpoint, same seeds.
         state["candidates"] = [x for x in state["candidates"] if x.get("iteration") != it]
         model = state.load_model(state.checkpoint_path(it - 1))
-        resource = "latency" if not met["latency"] else "size"
+        resource = "latency" if not met["latency"] else ("size" if not met["size"] else "memory")
         goal = self._goal(resource, current)
         self.say(f"iteration {it}: {resource} {self._fmt(resource, current)} -> target {goal:.4g}")
         groups = self.space.groups(model)
@@ -188,7 +190,7 @@ class SearchLoop:
         proposals, fallback = select_proposals(
             groups, variants, lambda variant: self.latency.predict(variant, current, current_param_bytes),
             resource=resource, goal=goal,
-            now=current["latency_ms"] if resource == "latency" else current["size_bytes"])
+            now=current[RESOURCE_KEYS[resource]])
         if proposals and fallback:
             self.say("  no group reaches the target in one step; proposing each group's largest gain")
         if not proposals:
@@ -211,6 +213,9 @@ class SearchLoop:
         if resource == "latency":
             floor = c.latency_budget_ms * (1 - c.margin_ratio)
             return max(current["latency_ms"] - c.step_ratio * base["latency_ms"], floor)
+        if resource == "memory":
+            floor = c.memory_budget_bytes * (1 - c.margin_ratio)
+            return max(current["model_memory_bytes"] - c.step_ratio * base["model_memory_bytes"], floor)
         floor = c.size_budget_bytes * (1 - c.margin_ratio)
         return max(current["size_bytes"] - c.step_ratio * base["size_bytes"], floor)
 
@@ -287,6 +292,8 @@ class SearchLoop:
         self.state["candidates"] = [cand.to_dict() if x["id"] == cand.id else x for x in self.state["candidates"]]
 
     def _fmt(self, resource, m):
+        if resource == "memory":
+            return f"{m['model_memory_bytes']} bytes of memory"
         return f"{m['latency_ms']:.3f} ms" if resource == "latency" else f"{m['size_bytes']} bytes"
 
     def finish(self) -> OptimizeResult:
@@ -369,7 +376,8 @@ class SearchLoop:
         def excess(x: Candidate) -> float:
             lat = (x.latency_ms / c.latency_budget_ms) if c.latency_budget_ms else 0.0
             size = (x.size_bytes / c.size_budget_bytes) if c.size_budget_bytes else 0.0
-            return max(lat, size)
+            memory = ((x.model_memory_bytes or float("inf")) / c.memory_budget_bytes) if c.memory_budget_mb else 0.0
+            return max(lat, size, memory)
 
         best = min(pool, key=excess)
         best = replace(best, model_path=best.model_path or str(state.checkpoint_path(best.iteration)))

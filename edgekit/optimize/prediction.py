@@ -134,6 +134,8 @@ class LatencyOracle:
                     "size_bytes": param_bytes(model) + self.state["proxy_size_overhead"], "source": "predicted",
                     "artifact_id": None}
         cached = self.table.get(arch) if (self.config.reuse_measurements and not fresh) else None
+        if cached is not None and self.config.memory_budget_mb is not None and cached.get("model_memory_bytes") is None:
+            cached = None  # measured before artifacts recorded their memory: the budget needs it, so measure again
         if cached is not None:
             self.table.stats["hits"] += 1
             return {"arch": arch, "latency_ms": self.metric_ms(cached), "median_ms": cached["median_ms"],
@@ -145,6 +147,11 @@ class LatencyOracle:
                  "round_medians_ms": report.stats.get("round_medians_ms"),
                  "samples_ms": report.samples_ms, "size_bytes": artifact.size_bytes,
                  "artifact_id": artifact.artifact_id, **measured_extras(report, artifact)}
+        if self.config.memory_budget_mb is not None and entry["model_memory_bytes"] is None:
+            from edgekit.errors import ArtifactError
+
+            raise ArtifactError(f"artifact {artifact.path} was compiled before artifacts recorded their memory, "
+                                "and the memory budget needs it", hint="delete it (or its --artifacts-dir) to rebuild")
         if not fresh or self.table.get(arch) is None:
             # a fresh re-measurement (the final check) never replaces the number earlier decisions were made on,
             # so that a resumed or repeated search sees exactly what the first one saw
@@ -198,8 +205,12 @@ class LatencyOracle:
 
         layers = conv_layers(model, self.input_shape)
         latency = self.conv_sum(layers) + current["residual_ms"]
-        size = current["size_bytes"] - (current_param_bytes - param_bytes(model))
+        removed = current_param_bytes - param_bytes(model)
+        size = current["size_bytes"] - removed
+        # pruned weights leave the constants; the workspace is taken as unchanged (verified on the device)
+        memory = current.get("model_memory_bytes")
         return {"latency_ms": latency, "size_bytes": int(size),
+                "model_memory_bytes": None if memory is None else int(memory - removed),
                 "source": "predicted (latency table)" if not self.proxy else "predicted (proxy)"}
 
     def table_info(self):

@@ -61,6 +61,10 @@ class Proposal:
     predicted: dict[str, Any]  # latency_ms, size_bytes, source
 
 
+# What each budgeted resource is called in a measurement (and a prediction) dict.
+RESOURCE_KEYS = {"latency": "latency_ms", "size": "size_bytes", "memory": "model_memory_bytes"}
+
+
 def select_proposals(groups, variants: dict[str, list[tuple[int, Any]]], predict: Callable[[Any], dict],
                      *, resource: str, goal: float, now: float) -> tuple[list[Proposal], bool]:
     """Per group, the smallest step whose predicted ``resource`` reaches ``goal``; ``(proposals, fallback)``.
@@ -68,7 +72,7 @@ def select_proposals(groups, variants: dict[str, list[tuple[int, Any]]], predict
     When no group reaches the goal in one step, each group's largest predicted gain (at least 1%) is
     proposed instead (``fallback`` True), so budgets reachable only by shrinking several groups are reached.
     """
-    key = "latency_ms" if resource == "latency" else "size_bytes"
+    key = RESOURCE_KEYS[resource]
     reaching, fallback = [], []
     for index, group in enumerate(groups):
         best = None

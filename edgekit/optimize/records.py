@@ -128,6 +128,7 @@ def result_from_state(state, table=None) -> OptimizeResult:
         run_dir=state.run_dir,
         chosen=state["chosen"], baseline=state["baseline"], steps=state["steps"], candidates=state["candidates"],
         budget={"latency_ms": c["latency_budget_ms"], "metric": c["metric"], "size_bytes": c["size_budget_bytes"],
+                "memory_mb": c.get("memory_budget_mb"),
                 "accuracy_floor": c["accuracy_floor"], "target": c["target"]},
         device=setup["device"], table=table or (state["result"] or {}).get("table", {}),
         model_path=Path(state["model_path"]) if state.data.get("model_path") else None,

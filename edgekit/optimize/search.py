@@ -91,6 +91,9 @@ def optimize_model(model=None, data="fashion-mnist", *, latency_budget_ms: float
                               **options)
         from edgekit.targets import load_target
 
+        if proxy and config.memory_budget_mb is not None:
+            raise UsageError("a memory budget needs compiled artifacts, which --proxy does not build",
+                             hint="drop --proxy, or budget latency and size only")
         load_target(config.target)  # an unknown target fails before any work
         data_name = _data_spec(data)
         model, model_source, model_shape = _resolve_model(model)
