@@ -121,6 +121,8 @@ class TargetProfile:
     cuda_arch: str | None = None  # e.g. "sm_87", for kind == "cuda"
     runtime: RuntimeRequirements = field(default_factory=RuntimeRequirements)
     measure: MeasureProtocol = field(default_factory=MeasureProtocol)
+    # fp32 GFLOP/s one core can reach: frequency x FMA lanes x 2 (the cost card's yardstick); None: unknown
+    peak_gflops_per_core: float | None = None
     source: Path | None = None  # the file it was read from
 
     @property
@@ -153,6 +155,7 @@ class TargetProfile:
                 "notes": self.runtime.notes,
             },
             "measure": self.measure.profile_dict(),
+            "peak_gflops_per_core": self.peak_gflops_per_core,
             "source": str(self.source) if self.source else None,
         }
 
@@ -225,7 +228,7 @@ class _ProfileReader:
     """Reads one profile table, naming the file and field in every complaint."""
 
     TOP_LEVEL = {"description", "kind", "arch", "triple", "tvm_target", "cross_compiler", "cuda_arch",
-                 "runtime", "measure"}
+                 "runtime", "measure", "peak_gflops_per_core"}
 
     def __init__(self, path: Path, data: dict):
         self.path = path
@@ -287,8 +290,15 @@ class _ProfileReader:
             cuda_arch=cuda_arch,
             runtime=self._runtime(runtime),
             measure=self._measure(measure),
+            peak_gflops_per_core=self._peak(d),
             source=self.path,
         )
+
+    def _peak(self, d: dict) -> float | None:
+        peak = self.get(d, "peak_gflops_per_core", (int, float), required=False)
+        if peak is not None and not peak > 0:
+            self.fail("peak_gflops_per_core", f"must be > 0, got {peak}")
+        return None if peak is None else float(peak)
 
     def _runtime(self, t: dict) -> RuntimeRequirements:
         self._no_unknown(t, "runtime.", {"python", "tvm", "glibc", "cpu_features", "notes"})
