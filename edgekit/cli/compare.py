@@ -1,31 +1,54 @@
-"""``edgekit compare``: two artifacts measured in interleaved rounds on one device; is the difference real?"""
+"""``edgekit compare``: two artifacts, or edgekit against peer runtimes, in interleaved rounds on one device."""
 
 from __future__ import annotations
 
-from edgekit.cli.options import (add_json_option, add_measure_options, add_ssh_options, artifact_from_arg,
-                                 connect_kwargs, measure_overrides)
+from edgekit.cli.options import (add_json_option, add_measure_options, add_ssh_options, add_targets_dir_option,
+                                 artifact_from_arg, connect_kwargs, input_shapes, measure_overrides)
 from edgekit.cli.output import emit_json, progress
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "compare", help="measure two artifacts in interleaved rounds and say whether one is faster beyond the noise")
-    parser.add_argument("artifacts", nargs=2, metavar="ARTIFACT", help="two artifact directories (A, then B)")
+        "compare", help="two artifacts, or edgekit vs ONNX Runtime / torch, in interleaved rounds: faster beyond "
+                        "the noise?")
+    parser.add_argument("artifacts", nargs="*", metavar="ARTIFACT", help="two artifact directories (A, then B)")
+    parser.add_argument("--model", help="with --peers: the model to compile and to run in each peer runtime")
+    parser.add_argument("--peers", default=None, metavar="onnxruntime,torch",
+                        help="peer runtimes to run the model with on the same device")
+    parser.add_argument("--target", default="host", help="with --model: the profile to compile for")
+    parser.add_argument("--input-shape", action="append", default=None, metavar="1,3,224,224")
+    parser.add_argument("-o", "--out-dir", default=None, help="where compiled artifacts go")
     parser.add_argument("--rounds", type=int, default=None,
                         help="interleaved rounds of each (default 6, the fewest that give a 95%% interval)")
-    add_ssh_options(parser, several=False, host_required=False, root=False)
+    parser.add_argument("--emulated", action="store_true", help="the device is emulated (qemu)")
+    add_ssh_options(parser, several=False, host_required=False)
     add_measure_options(parser)
+    add_targets_dir_option(parser)
     add_json_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from edgekit.errors import UsageError
-    from edgekit.measure.compare import DEFAULT_ROUNDS, compare_artifacts
+    from edgekit.measure.compare import DEFAULT_ROUNDS
 
     rounds = DEFAULT_ROUNDS if args.rounds is None else args.rounds
     if rounds < 1:
         raise UsageError(f"--rounds must be at least 1, got {rounds}")
+    if args.peers or args.model:
+        if not (args.peers and args.model) or args.artifacts:
+            raise UsageError("give --model with --peers (and no artifacts), or two artifacts")
+        return _peers(args, rounds)
+    if len(args.artifacts) != 2:
+        raise UsageError(f"give two artifacts to compare, got {len(args.artifacts)}",
+                         hint="or --model M --peers onnxruntime to compare edgekit with another runtime")
+    return _artifacts(args, rounds)
+
+
+def _artifacts(args, rounds) -> int:
+    from edgekit.measure.compare import compare_artifacts
+    from edgekit.measure.stats import format_interval
+
     a, b = (artifact_from_arg(p) for p in args.artifacts)
     with progress(f"comparing {a.artifact_id} and {b.artifact_id} in {rounds} interleaved rounds"):
         result = compare_artifacts(a, b, args.host, rounds=rounds, connect=connect_kwargs(args),
@@ -33,12 +56,38 @@ def run(args) -> int:
     if args.json:
         emit_json(result)
         return 0
-    from edgekit.measure.stats import format_interval
-
     for key, name in zip(("a", "b"), result["names"]):
         s = result[key]
         print(f"{key.upper()}  {name}  median {s['median_ms']:.4g} ms in {format_interval(s)}")
     print(result["verdict"])
     for warning in result["warnings"]:
         print(f"WARNING  {warning}")
+    return 0
+
+
+def _peers(args, rounds) -> int:
+    from edgekit.measure.peers import compare_with_peers
+    from edgekit.measure.stats import format_interval
+    from edgekit.targets import load_target
+
+    peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
+    profile = load_target(args.target, args.targets_dir)
+    with progress(f"edgekit vs {', '.join(peers)} on {args.host or 'this machine'}, {rounds} interleaved rounds"):
+        result = compare_with_peers(args.model, profile, args.host, peers=peers, rounds=rounds,
+                                    input_shapes=input_shapes(args), connect=connect_kwargs(args) if args.host else None,
+                                    root=args.root, out_dir=args.out_dir, emulated=args.emulated,
+                                    **measure_overrides(args))
+    if args.json:
+        emit_json(result)
+        return 0
+    edgekit = result["edgekit"]["stats"]
+    print(f"edgekit      median {edgekit['median_ms']:.4g} ms in {format_interval(edgekit)}")
+    for peer, r in result["peers"].items():
+        if not r["available"]:
+            print(f"{peer:<12} cannot run on this device: {r['reason']}")
+            continue
+        agree = "outputs agree" if r["outputs_agree"] else "OUTPUTS DIFFER"
+        print(f"{peer:<12} median {r['stats']['median_ms']:.4g} ms in {format_interval(r['stats'])} ({r['version']}, "
+              f"{agree})")
+        print(f"             {r['verdict']}")
     return 0

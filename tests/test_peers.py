@@ -1,0 +1,65 @@
+"""Peer runtimes on the same device (issue 12, part 2): edgekit against ONNX Runtime over SSH, in interleaved
+rounds, outputs checked on the same inputs, both medians with intervals; a runtime the device lacks is reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgekit.cli.main import main
+
+
+def ssh_args(device) -> list[str]:
+    return ["--host", device.host_spec, "-i", str(device.client_key), "--known-hosts", str(device.known_hosts),
+            "--no-agent"]
+
+
+@pytest.fixture(scope="module")
+def small_cnn_pt2(tmp_path_factory) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(16 * 16 * 16, 10)).eval()
+    path = tmp_path_factory.mktemp("peers") / "cnn.pt2"
+    torch.export.save(torch.export.export(model, (torch.zeros(1, 1, 16, 16),)), path)
+    return path
+
+
+def test_edgekit_and_onnxruntime_side_by_side_on_one_board(make_device, device_runtime_site, edgekit_cache,
+                                                           small_cnn_pt2, tmp_path, capsys):
+    from edgekit.testing.peer_sites import local_peer_site
+
+    ort_site = local_peer_site(edgekit_cache, "onnxruntime")
+    device = make_device(env={"PYTHONPATH": f"{device_runtime_site}:{ort_site}"})
+    argv = ["compare", "--model", str(small_cnn_pt2), "--peers", "onnxruntime", *ssh_args(device), "--rounds", "6",
+            "--repeats", "10", "--warmup", "3", "-o", str(tmp_path / "artifacts")]
+    assert main(argv + ["--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    peer = result["peers"]["onnxruntime"]
+    assert peer["available"] and peer["outputs_agree"] and peer["output_check"]["passed"]
+    assert peer["stats"]["count"] == 60 and peer["stats"]["median_ci_low_ms"] is not None  # pooled over 6 rounds
+    assert peer["edgekit_stats"]["median_ci_low_ms"] <= peer["edgekit_stats"]["median_ms"]
+    assert peer["ratio_ci_low"] <= peer["ratio_edgekit_over_peer"] <= peer["ratio_ci_high"]
+    assert peer["beyond_noise"] in (True, False) and peer["verdict"].startswith(("edgekit is", "no difference"))
+    assert result["edgekit"]["output_check"]["passed"] and result["emulated"] is False
+    assert result["threads"] == 1  # the same thread count for both, the profile's
+
+
+def test_a_peer_the_board_cannot_run_is_reported_not_skipped(device, small_cnn_pt2, tmp_path, capsys):
+    argv = ["compare", "--model", str(small_cnn_pt2), "--peers", "onnxruntime", *ssh_args(device), "--rounds", "1",
+            "--repeats", "6", "-o", str(tmp_path / "artifacts")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime  cannot run on this device: onnxruntime cannot be imported on the device" in out
+    assert out.startswith("edgekit      median")
+
+
+def test_peer_options_are_usage_errors(small_cnn_pt2, capsys):
+    assert main(["compare", "--model", str(small_cnn_pt2), "--peers", "tflite"]) == 2
+    assert "unknown peer runtime 'tflite'; available: onnxruntime, torch" in capsys.readouterr().err
+    assert main(["compare", "--peers", "onnxruntime"]) == 2
+    assert main(["compare", "only-one"]) == 2
