@@ -119,3 +119,15 @@ def test_the_card_measures_against_the_profiles_peak(tmp_path, capsys):
                                        'tvm_target = { kind = "llvm" }\npeak_gflops_per_core = -1\n')
     assert main(["targets", "show", "bad", "--targets-dir", str(tmp_path)]) == 6
     assert "peak_gflops_per_core" in capsys.readouterr().err
+
+
+def test_kernels_on_deploy_and_run_name_the_modules(device, lopsided_pt2, tmp_path, capsys):
+    common = ["--model", str(lopsided_pt2), "--target", "host", "-o", str(tmp_path / "artifacts"), "--kernels",
+              "--repeats", "6", "--warmup", "2"]
+    assert main(["deploy", *common, *ssh_args(device), "--json"]) == 0
+    kernels = json.loads(capsys.readouterr().out)["devices"][0]["report"]["kernels"]
+    top = max(kernels, key=lambda k: k["total_ms"])
+    assert top["modules"][0] == "expensive" and all(k["modules"] or k["compilation_artifact"] for k in kernels)
+    assert main(["run", *common]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("kernel ")]
+    assert "expensive" in lines[0] and any("(compilation: layout)" in line for line in lines)

@@ -6,7 +6,7 @@ import sys
 
 from edgekit.cli.options import (MODEL_HELP, add_json_option, add_measure_options, add_model_options, add_ssh_options,
                                  add_targets_dir_option, artifact_from_arg, connect_kwargs, measure_overrides)
-from edgekit.cli.output import emit_json, info, measurement_lines
+from edgekit.cli.output import emit_json, info, measurement_lines, print_kernels
 
 __all__ = ["register", "run", "add_connection_options", "connect_kwargs"]  # the last two: cli/tune.py
 
@@ -73,6 +73,14 @@ def run(args) -> int:
     fleet = deploy_model(artifact, hosts=args.host, inventory=args.inventory, measure=measure, root=args.root,
                          keep=args.keep, max_workers=args.jobs, lock_wait_s=args.lock_wait,
                          rollback=args.rollback, connect=connect_kwargs(args), log=info)
+    if args.kernels and args.model and artifact is not None:  # the model is at hand: name each kernel's modules
+        from edgekit.measure.cost_card import annotate_kernels, kernel_sources_for
+        from edgekit.targets import load_target
+
+        sources = kernel_sources_for(args.model, load_target(args.target, args.targets_dir), artifact)[0]
+        for r in fleet.results:
+            if r.ok and r.report is not None:
+                annotate_kernels(r.report.kernels, sources)
     if args.json:
         emit_json(fleet.to_dict())
     else:
@@ -106,8 +114,7 @@ def print_result(r, *, rollback: bool = False) -> None:
               f"cv {s['cv']:.1%}  ({s['count']} runs, {rep.threads} thread(s)){note}")
     for line in measurement_lines(rep):
         print(f"  {line}")
-    for k in sorted(rep.kernels, key=lambda k: -k["total_ms"])[:10]:
-        print(f"  kernel   {k['name']:<40} {k['median_ms']:.4f} ms x {k['calls']}")
+    print_kernels(rep.kernels, prefix="  kernel   ")
     d = rep.device
     print(f"  device   {d.get('board') or d.get('cpu_model')} ({d.get('machine')}), kernel {d.get('kernel')}, "
           f"governor {d.get('governor') or 'n/a'}, load {d.get('loadavg_1m')}")

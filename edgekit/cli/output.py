@@ -55,7 +55,8 @@ def measurement_lines(report) -> list[str]:
         lines.append(f"memory     peak resident {memory['peak_rss_bytes'] / 2**20:.1f} MiB"
                      + (f" (runtime alone {runtime / 2**20:.1f} MiB)" if runtime else "")
                      + (f"; model: constants {own['constant_bytes'] / 2**10:.1f} KiB + workspace "
-                        f"{own['workspace_bytes'] / 2**10:.1f} KiB" if own else "; model memory not recorded"))
+                        f"{own['workspace_bytes'] / 2**10:.1f} KiB" if "constant_bytes" in own
+                        else "; model memory not recorded"))
     after = (report.clocks or {}).get("after")
     if after is not None:
         lines.append("clocks     " + describe_clocks(report.clocks))
@@ -74,3 +75,12 @@ def describe_clocks(clocks: dict) -> str:
     t0, t1 = (max((s.get("temps_c") or {}).values(), default=None) for s in (before, after))
     parts.append(f"{t0:.1f}->{t1:.1f} C" if t0 is not None and t1 is not None else "temperature unavailable")
     return ", ".join(parts)
+
+
+def print_kernels(kernels: list[dict], *, prefix: str, limit: int = 10) -> None:
+    """The slowest kernels, with the modules they were fused from where the report has them."""
+    from edgekit.measure.cost_card import kernel_where
+
+    for k in sorted(kernels, key=lambda k: -k["total_ms"])[:limit]:
+        where = kernel_where(k)
+        print(f"{prefix}{k['name']:<40} {k['median_ms']:.4f} ms x {k['calls']}" + (f"  {where}" if where else ""))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from edgekit.cli.compile import compile_from_args
 from edgekit.cli.options import (MODEL_HELP, add_json_option, add_measure_options, add_model_options,
                                  add_targets_dir_option, artifact_from_arg, measure_overrides)
-from edgekit.cli.output import emit_json, measurement_lines, progress
+from edgekit.cli.output import emit_json, measurement_lines, print_kernels, progress
 
 
 def register(subparsers) -> None:
@@ -17,7 +17,7 @@ def register(subparsers) -> None:
     add_model_options(parser, model=False)
     parser.add_argument("--target", default="host", help="profile to compile for with --model (default: host)")
     parser.add_argument("-o", "--out-dir", default=None)
-    add_measure_options(parser)
+    add_measure_options(parser, kernels=True)
     add_targets_dir_option(parser)
     add_json_option(parser)
     parser.set_defaults(func=run)
@@ -31,7 +31,13 @@ def run(args) -> int:
     else:
         artifact = artifact_from_arg(args.artifact)
     with progress(f"running {artifact.artifact_id} here"):
-        report = run_artifact(artifact, **measure_overrides(args))
+        report = run_artifact(artifact, **measure_overrides(args), kernels=args.kernels or None)
+    if args.kernels and args.model:  # the model is at hand: name each kernel's modules
+        from edgekit.measure.cost_card import annotate_kernels, kernel_sources_for
+        from edgekit.targets import load_target
+
+        annotate_kernels(report.kernels, kernel_sources_for(args.model, load_target(args.target, args.targets_dir),
+                                                            artifact)[0])
     if args.json:
         emit_json(report.to_dict())
         return 0
@@ -45,4 +51,5 @@ def run(args) -> int:
           f"governor {report.device.get('governor') or 'n/a'}")
     for line in measurement_lines(report):
         print(line)
+    print_kernels(report.kernels, prefix="kernel     ")
     return 0

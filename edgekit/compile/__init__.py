@@ -168,7 +168,10 @@ def _compile_imported(imported, *, profile, tvm_target, tvm_version, recipe, tol
         manifest = _manifest(artifact_id, profile, tvm_target, tvm_version, imported, outputs, work_dir,
                              recipe, tolerance)
         if lowered.mod is not None:
-            manifest["memory"] = memory_of(lowered.mod)
+            try:
+                manifest["memory"] = memory_of(lowered.mod)
+            except Exception as exc:  # noqa: BLE001  a report field: never the reason a build fails
+                manifest["memory"] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
         if fallback is not None:  # which route built it, and why not the first one
             manifest["model"]["fallback"] = fallback
         if profile.kind == "cpu":

@@ -133,13 +133,7 @@ def profile_model(model, target="host", host=None, *, input_shapes=None, connect
     """Compile ``model`` for ``target`` (a profile name or TargetProfile), time each kernel on ``host`` (this
     machine when None), and build the cost card.  ``measure``: measure_latency's overrides (repeats,
     kernel_repeats, threads...)."""
-    import numpy as np
-    import torch
-
     from edgekit.compile import compile_model
-    from edgekit.compile.build import resolve_tvm_target
-    from edgekit.compile.frontend import import_model
-    from edgekit.measure.kernel_sources import fx_module_macs, trace_kernel_sources
     from edgekit.measure.protocol import measure_latency
     from edgekit.models import load_model
     from edgekit.targets import TargetProfile, load_target
@@ -147,18 +141,48 @@ def profile_model(model, target="host", host=None, *, input_shapes=None, connect
     profile = target if isinstance(target, TargetProfile) else load_target(target)
     loaded = load_model(model)
     artifact = compile_model(loaded, profile, input_shapes=input_shapes, out_dir=out_dir)
-    reference = np.load(artifact.path / artifact.manifest["reference"])
-    example = tuple(torch.from_numpy(reference[f"in{i}"]) for i in range(len(artifact.inputs)))
-    program = loaded.exported
-    if program is None and loaded.module is not None:
-        program = torch.export.export(loaded.module, example)
-    sources, macs = {}, {}
-    if program is not None:  # an .onnx file has no module tree to map kernels to
-        sources = trace_kernel_sources(program, import_model(program).mod, resolve_tvm_target(profile))
-        macs = fx_module_macs(program)
+    sources, macs = kernel_sources_for(loaded, profile, artifact)
     report = measure_latency(artifact, host, kernels=True, connect=connect, emulated=emulated, **measure)
     per_core = profile.peak_gflops_per_core
     return build_card(report, sources, macs, peak_gflops=per_core * report.threads if per_core else None)
+
+
+def kernel_sources_for(model, profile, artifact) -> tuple[dict, dict[str, int]]:
+    """({kernel name: KernelSource}, {module path: MACs}) for ``model`` (any spec) as ``artifact`` built it;
+    both empty for an .onnx model, which has no module tree."""
+    import numpy as np
+    import torch
+
+    from edgekit.compile.build import resolve_tvm_target
+    from edgekit.compile.frontend import import_model
+    from edgekit.measure.kernel_sources import fx_module_macs, trace_kernel_sources
+    from edgekit.models import load_model
+
+    loaded = load_model(model)
+    program = loaded.exported
+    if program is None and loaded.module is not None:
+        reference = np.load(artifact.path / artifact.manifest["reference"])
+        example = tuple(torch.from_numpy(reference[f"in{i}"]) for i in range(len(artifact.inputs)))
+        program = torch.export.export(loaded.module, example)
+    if program is None:
+        return {}, {}
+    return (trace_kernel_sources(program, import_model(program).mod, resolve_tvm_target(profile)),
+            fx_module_macs(program))
+
+
+def annotate_kernels(kernels: list[dict], sources: dict) -> None:
+    """Add each kernel's module paths (and whether it is compilation layout work) to a report's kernel rows."""
+    for k in kernels:
+        source = sources.get(k["name"])
+        k["modules"] = source.modules if source else []
+        k["compilation_artifact"] = bool(source and source.compilation_artifact)
+
+
+def kernel_where(kernel: dict) -> str:
+    """'layer1.conv1, layer1.bn1' / '(compilation: layout)' / '' for a report's kernel row."""
+    if "modules" not in kernel:
+        return ""
+    return _where({"modules": kernel["modules"], "compilation_artifact": kernel["compilation_artifact"]})
 
 
 def _arg_bytes(arg) -> int:

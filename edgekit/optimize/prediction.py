@@ -30,7 +30,7 @@ def measured_extras(report: LatencyReport, artifact) -> dict[str, Any]:
             "median_ci_high_ms": report.stats.get("median_ci_high_ms"),
             "ci_half_width_ratio": report.stats.get("ci_half_width_ratio"),
             "peak_rss_bytes": (report.memory or {}).get("peak_rss_bytes"),
-            "model_memory_bytes": memory.get("model_memory_bytes")}
+            "model_memory_bytes": memory.get("model_memory_bytes")}  # None when not recorded (or it failed)
 
 class LatencyOracle:
     def __init__(self, state, config, device, *, proxy: bool, input_shape, reference_input, cache_dir,
