@@ -86,7 +86,12 @@ def main(argv=None):
     parser.add_argument("--warmup-settle", type=float, default=0.05)
     parser.add_argument("--warmup-cap", type=float, default=2.0)
     parser.add_argument("--site", action="append", default=[])
-    args, _ = parser.parse_known_args(argv)  # the runner's other options (min-repeat-ms, cpus...) do not apply
+    parser.add_argument("--cpus", default="", help="pinned to the same CPUs as the artifact")
+    args, _ = parser.parse_known_args(argv)  # the runner's other options (min-repeat-ms...) do not apply
+    pinned = runner.pin_to_cpus(args.cpus)
+    if isinstance(pinned, str):
+        emit({"ok": False, "error": "cpus", "message": pinned})
+        return runner.EXIT_BAD_CPUS
     for site in reversed(args.site):
         if os.path.isdir(site):
             sys.path.insert(0, site)
