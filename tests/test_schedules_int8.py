@@ -170,3 +170,27 @@ def test_rpi5_int8_build_matches_the_reference_on_the_emulated_pi(build, emulate
     assert report["device"]["machine"] == "aarch64"
     assert report["output_check"]["passed"], report["output_check"]
     assert report["output_check"]["max_abs_error"] < 1e-4
+
+
+def test_int8_squeeze_excitation_leaves_no_kernel_unscheduled(tmp_path):
+    """MobileNetV3's int8 block: the SE pool quantizes its mean in the same kernel (u8 output), a signed
+    1x1 conv reads shifted-unsigned activations on VNNI hosts; every kernel is scheduled and exact."""
+    import torch
+    from torch import nn
+
+    from edgekit.compile import compile_model
+    from edgekit.compress.quantize import QuantizeConfig, quantize_model
+    from edgekit.run import run_artifact
+    from edgekit.testing.architectures import SqueezeExcitation
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 32, 1), nn.Hardswish(), SqueezeExcitation(32, 8), nn.Conv2d(32, 16, 1),
+                          nn.Conv2d(16, 32, 1)).eval()
+    quantized = quantize_model(model, _Calibration(), QuantizeConfig(calibration_size=16))
+    artifact = compile_model(quantized, "host", input_shapes=[SHAPE], out_dir=tmp_path, tuning=False,
+                             frontend="torch.export")
+    schedules = _manifest(artifact)["schedules"]
+    assert not schedules["unscheduled"], schedules
+    assert any("mean" in name for name in schedules["by_rule"].get("SpatialReduction", [])), schedules
+    check = run_artifact(artifact, warmup=0, repeats=1).output_check
+    assert check["passed"] and check["max_abs_error"] < 1e-5, check

@@ -95,10 +95,12 @@ def optimize_graph(mod, target):
     from tvm import relax
 
     from edgekit.compile.const_fold import FoldConstantsWithNumpy
-    from edgekit.compile.graph_passes import integer_quantized_ops, layout_passes
+    from edgekit.compile.graph_passes import explicit_pads_into_convs, integer_quantized_ops, layout_passes
 
     # Integer kernels first (CPU only): FoldConstant would turn the int8 weights into float constants.
-    integer = [integer_quantized_ops()] if target.kind.name == "llvm" else []
+    integer = [integer_quantized_ops(unsigned_activations=_dot_product_is_unsigned(target))] \
+        if target.kind.name == "llvm" else []
+    integer = [explicit_pads_into_convs(), *integer]
     passes = [*integer, relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
               relax.transform.CanonicalizeBindings(), FoldConstantsWithNumpy(), relax.transform.FoldConstant(),
               *layout_passes(target)]
@@ -107,9 +109,19 @@ def optimize_graph(mod, target):
     except EdgekitError:
         raise
     except Exception as exc:  # noqa: BLE001  (TVM raises anything from its passes: InternalError, AssertionError)
+        if _edgekit_bug(exc):
+            raise  # not the model's fault: no ONNX fallback may hide it
         raise CompileError(_stage_failure("graph passes (BatchNorm folding, constant folding, NHWC layout)", exc),
                            hint="run with -v for TVM's trace; compiling the .onnx (or .pt2) form of the model "
                                 "takes the other frontend") from None
+
+
+def _dot_product_is_unsigned(target) -> bool:
+    """The target's int8 dot product takes unsigned activations (x86 VNNI's vpdpbusd: u8 x s8)."""
+    from edgekit.compile.schedules import cpu_info
+
+    info = cpu_info(target)
+    return info.arch == "x86_64" and ((info.avx512 and info.avx512_vnni) or info.avx_vnni)
 
 
 def lowering_passes(target) -> list:

@@ -275,11 +275,11 @@ def build_architecture(name: str, *, resolution: int | None = None, seed: int = 
     torch.manual_seed(seed)
     model = factory(resolution, **knobs).eval()
     if name != "efficientnet-lite0" or not knobs.get("pretrained", True):  # trained statistics stay
-        _randomize_batchnorm(model, seed)
+        randomize_batchnorm(model, seed)
     return model, (1, 3, resolution, resolution)
 
 
-def _randomize_batchnorm(model: nn.Module, seed: int) -> None:
+def randomize_batchnorm(model: nn.Module, seed: int) -> None:
     """Fresh BN layers are identities; give them statistics so BN folding is really exercised.
 
     The scales keep activations near unit variance through deep stacks, so outputs neither vanish
@@ -287,7 +287,7 @@ def _randomize_batchnorm(model: nn.Module, seed: int) -> None:
     """
     generator = torch.Generator().manual_seed(seed + 1)
     for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
             n = module.num_features
             with torch.no_grad():
                 module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)

@@ -105,14 +105,14 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, tuple[int, ...]]:
     }
     factory, shape = models[name]
     model = factory().eval()
-    _randomize_batchnorm(model)
+    randomize_batchnorm(model)
     return model, shape
 
 
 ARCHITECTURES = ("mobilenetv2", "resnet", "transformer")
 
 
-def _randomize_batchnorm(model: nn.Module) -> None:
+def randomize_batchnorm(model: nn.Module) -> None:
     """Fresh BN layers are identities; give them statistics so BN folding is really tested."""
     generator = torch.Generator().manual_seed(1)
     for module in model.modules():

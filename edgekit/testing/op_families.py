@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekit.testing.architectures import randomize_batchnorm
+
 DEFAULT_SEED = 0
 ONNX_OPSET = 17
 
@@ -445,23 +447,10 @@ def build_family(name: str, *, seed: int = DEFAULT_SEED) -> tuple[nn.Module, tup
     factory, shapes = _FAMILIES[name]
     torch.manual_seed(seed)
     model = factory().eval()
-    _randomize_norms(model, seed)
+    randomize_batchnorm(model, seed)
     generator = torch.Generator().manual_seed(seed + 2)
     inputs = tuple(torch.randn(*shape, generator=generator) for shape in shapes)
     return model, inputs
-
-
-def _randomize_norms(model: nn.Module, seed: int) -> None:
-    """Give BatchNorm layers real statistics (a fresh one is an identity, which would hide a folding bug)."""
-    generator = torch.Generator().manual_seed(seed + 1)
-    for module in model.modules():
-        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            n = module.num_features
-            with torch.no_grad():
-                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(n, generator=generator) * 0.5 + 0.5)
-                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
 
 
 def input_names(name: str) -> list[str]:

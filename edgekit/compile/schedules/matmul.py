@@ -181,12 +181,7 @@ class Matmul(util.Float32Rule, CPUScheduleRule):
             sch.compute_at(packed, jo)
             buf_ndim = len(sch.get(packed).writes[0].source.shape)
             sch.transform_layout(packed, ("write", 0), util.swap_last_two(buf_ndim))
-        accumulator = sch.cache_write(block, 0, "local")
-        epilogue = [b for b in util.root_blocks(sch) if util.is_after(sch, b, accumulator)]
-        consumers = [accumulator, *epilogue]
-        for b in consumers[:-1]:
-            sch.compute_inline(b)
-        last = consumers[-1]
+        last = _accumulate_in_registers(sch, block)
         sch.reverse_compute_at(last, anchor, preserve_unit_loops=True)
         util.vectorize_inner(sch, last, lanes)
         if ii is not None:
@@ -197,6 +192,16 @@ class Matmul(util.Float32Rule, CPUScheduleRule):
         init = sch.decompose_reduction(block, kl)
         util.vectorize_inner(sch, init, lanes)
         return sch
+
+
+def _accumulate_in_registers(sch, block):
+    """Sums in a ``local`` buffer, the epilogue chain inlined into one block that writes them out: that block."""
+    accumulator = sch.cache_write(block, 0, "local")
+    epilogue = [b for b in util.root_blocks(sch) if util.is_after(sch, b, accumulator)]
+    consumers = [accumulator, *epilogue]
+    for b in consumers[:-1]:
+        sch.compute_inline(b)
+    return consumers[-1]
 
 
 # k steps per pass over the accumulator row in the GEMV schedule: each accumulator vector is loaded
@@ -231,12 +236,7 @@ def _schedule_gemv(sch, shape, lanes, cpu):
     sch.reorder(*rest, jp, ko, jo, ki, jl)
     if parallel:
         sch.parallel(jp)  # each thread streams its own column slice of every row
-    accumulator = sch.cache_write(block, 0, "local")
-    epilogue = [b for b in util.root_blocks(sch) if util.is_after(sch, b, accumulator)]
-    consumers = [accumulator, *epilogue]
-    for b in consumers[:-1]:
-        sch.compute_inline(b)
-    util.vectorize_inner(sch, consumers[-1], lanes)
+    util.vectorize_inner(sch, _accumulate_in_registers(sch, block), lanes)
     sch.unroll(ki)
     if lanes > 1:
         sch.vectorize(jl)

@@ -1,0 +1,63 @@
+"""Graph rewrites before TVM's pipeline: explicit zero pads become the next conv's padding (float and int8),
+the built kernels match torch, and no pad kernel is left to run."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def _padded_net():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    # TF "SAME" padding as EfficientNet-Lite writes it (asymmetric, before a strided depthwise conv),
+    # a symmetric pad before a dense conv that has padding of its own, and a pad no conv follows.
+    return nn.Sequential(nn.Conv2d(16, 16, 1), nn.ReLU6(), nn.ZeroPad2d((0, 1, 0, 1)),
+                         nn.Conv2d(16, 16, 3, stride=2, groups=16), nn.ZeroPad2d(1), nn.Conv2d(16, 32, 3, padding=1),
+                         nn.ReLU(), nn.ZeroPad2d((2, 0, 0, 0))).eval()
+
+
+SHAPE = (1, 16, 12, 12)
+
+
+class _Calibration:
+    def __init__(self):
+        import torch
+
+        self.x = torch.randn(8, *SHAPE[1:], generator=torch.Generator().manual_seed(0))
+
+    def batches(self, batch_size):
+        yield self.x, None
+
+
+def _pads_in(mod) -> int:
+    return mod["main"].script().count("R.nn.pad(")
+
+
+@pytest.mark.parametrize("quantized", [False, True], ids=["float", "int8"])
+def test_zero_pads_become_conv_padding_and_the_build_matches_torch(quantized, tmp_path):
+    from edgekit.compile import compile_model
+    from edgekit.compile.frontend import import_model
+    from edgekit.compile.graph_passes import explicit_pads_into_convs
+    from edgekit.compress.quantize import QuantizeConfig, quantize_model
+    from edgekit.run import run_artifact
+
+    model = _padded_net()
+    if quantized:
+        model = quantize_model(model, _Calibration(), QuantizeConfig(calibration_size=8))
+    imported = import_model(model, input_shapes=[SHAPE], frontend="torch.export")
+    assert _pads_in(imported.mod) == 3
+    rewritten = explicit_pads_into_convs()(imported.mod)
+    assert _pads_in(rewritten) == 1, "the pad no conv follows stays"
+    assert "padding=[0, 0, 1, 1]" in rewritten["main"].script()  # (top, left, bottom, right) of the SAME pad
+    assert "padding=[2, 2, 2, 2]" in rewritten["main"].script()  # its own 1 plus the explicit 1
+
+    artifact = compile_model(model, "host", input_shapes=[SHAPE], out_dir=tmp_path, tuning=False,
+                             frontend="torch.export")
+    result = run_artifact(artifact, warmup=0, repeats=1, kernels=True)
+    assert result.output_check["passed"] and result.output_check["max_abs_error"] < 1e-5, result.output_check
+    kernels = [k["name"] for k in result.to_dict()["kernels"]]
+    assert sum("pad" in name and "conv2d" not in name and "prepack" not in name for name in kernels) <= 1, kernels
+    if quantized:
+        assert len(artifact.manifest["schedules"]["by_rule"].get("Int8Conv2D", [])) == 2
