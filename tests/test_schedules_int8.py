@@ -194,3 +194,26 @@ def test_int8_squeeze_excitation_leaves_no_kernel_unscheduled(tmp_path):
     assert any("mean" in name for name in schedules["by_rule"].get("SpatialReduction", [])), schedules
     check = run_artifact(artifact, warmup=0, repeats=1).output_check
     assert check["passed"] and check["max_abs_error"] < 1e-5, check
+
+
+def test_requantize_rounding_is_vectorized():
+    """Every int8 requantize rounds with nearbyint, which TVM 0.27 does not mark vectorizable: without
+    edgekit's registration a vectorized loop holding it was scalarized, and LLVM re-vectorized another
+    loop with gathers and byte-wise scatters."""
+    import tvm
+    from tvm import s_tir, te
+
+    from edgekit.compile.build import resolve_tvm_target
+    from edgekit.compile.schedules import fast_math
+    from edgekit.targets import load_target
+
+    fast_math.enable()
+    target = resolve_tvm_target(load_target("host"))
+    data = te.placeholder((28, 24), "float32", name="data")
+    quantized = te.compute((28, 24), lambda i, j: tvm.tirx.nearbyint(data[i, j] / 0.5).astype("int8"), name="q")
+    sch = s_tir.Schedule(te.create_prim_func([data, quantized]))
+    _, lane = sch.split(sch.get_loops(sch.get_sblock("q"))[1], [None, 8])
+    sch.vectorize(lane)
+    llvm_ir = tvm.tirx.build(sch.mod, target=target).inspect_source("ll")
+    assert "llvm.nearbyint.v8f32" in llvm_ir
+    assert "masked.gather" not in llvm_ir and "masked.scatter" not in llvm_ir
