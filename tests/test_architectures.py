@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from edgekit.testing.architectures import ARCHITECTURES, SMALL_VARIANTS, build_architecture
+from edgekit.testing.device_check import check_on_device
 
 pytestmark = pytest.mark.slow
 
@@ -92,54 +93,12 @@ def expected_outputs(compiled) -> list[np.ndarray]:
     return [reference[f"out{i}"] for i in range(len(compiled.manifest["outputs"]))]
 
 
-# The device side of the emulated check: standard library, numpy and the TVM runtime only.
-DEVICE_CHECK = r"""
-import json, os, sys
-sys.modules.setdefault("torch", None)  # tvm_ffi imports torch when present; the device has none
-import numpy as np
-import tvm
-from tvm.runtime.vm import VirtualMachine
-report = {}
-for directory in sys.argv[1:]:
-    manifest = json.load(open(os.path.join(directory, "manifest.json")))
-    reference = np.load(os.path.join(directory, manifest["reference"]))
-    vm = VirtualMachine(tvm.runtime.load_module(os.path.join(directory, manifest["library"])), tvm.cpu())
-    inputs = [tvm.runtime.tensor(reference["in%d" % i]) for i in range(len(manifest["inputs"]))]
-    result = vm["main"](*inputs)
-    outputs = [result.numpy()] if hasattr(result, "numpy") else [r.numpy() for r in result]
-    errors = []
-    for i, actual in enumerate(outputs):
-        expected = reference["out%d" % i].astype(np.float64)
-        scale = max(float(np.abs(expected).max()), 1e-12)
-        errors.append(float(np.abs(actual.astype(np.float64) - expected).max()) / scale)
-    report[directory] = {"relative_errors": errors, "outputs": len(outputs), "machine": os.uname().machine}
-print(json.dumps(report))
-"""
-
-
 @pytest.fixture(scope="module")
 def emulated_results(builds, emulated_pi):
     """{(architecture, target): the device's report} for the rpi4 and rpi5 builds, from one emulated run."""
     pairs = [(n, t) for n in ARCHITECTURES for t in EMULATED_TARGETS if not isinstance(builds[n, t], Exception)]
     reports = check_on_device(emulated_pi, [builds[pair] for pair in pairs])
     return dict(zip(pairs, reports))
-
-
-def check_on_device(device, artifacts) -> list[dict]:
-    """Upload ``artifacts`` to ``device`` (an SshDevice) and check them all in one python process there."""
-    from edgekit.deploy.remote import RemoteHost
-
-    directories = []
-    with RemoteHost(device.host_spec, **device.connect_kwargs()) as remote:
-        for compiled in artifacts:
-            directory = f"{device.remote_home}/architectures/{compiled.artifact_id}"
-            remote.run(["mkdir", "-p", directory])
-            for file in ("manifest.json", compiled.manifest["library"], compiled.manifest["reference"]):
-                remote.put(compiled.path / file, f"{directory}/{file}")
-            directories.append(directory)
-        result = remote.run(["python3", "-c", DEVICE_CHECK, *directories], timeout_s=600)
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    return [report[directory] for directory in directories]
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)

@@ -113,6 +113,19 @@ def test_family_cross_builds_for_rpi4(rpi4_builds, family):
     assert "AArch64" in readelf, readelf
 
 
+@pytest.mark.slow
+def test_rpi4_builds_match_torch_on_the_emulated_pi(rpi4_builds, emulated_pi):
+    """Every family's rpi4 build, run on the emulated Pi (arm64 userland under qemu), in one device process."""
+    from edgekit.testing.device_check import check_on_device
+
+    compiled = [artifact(rpi4_builds, family, "pt2") for family in FAMILIES]
+    reports = check_on_device(emulated_pi, compiled)
+    for family, report in zip(FAMILIES, reports):
+        assert report["machine"] == "aarch64", report
+        assert report["outputs"] == len(torch_outputs(family)), (family, report)
+        assert max(report["relative_errors"]) <= RELATIVE_TOLERANCE, (family, report)
+
+
 # ---------------------------------------------------------------------------------------- the registries
 
 

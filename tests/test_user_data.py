@@ -303,3 +303,24 @@ def test_near_chance_baseline_is_a_warning_that_says_so(project):
         result = compress_model(untrained, recipe, project["images"], input_shape=(1, 3, 32, 32), progress=False)
     assert "near chance" in result.report.to_dict()["data"]["warnings"][0]
     assert near_chance(project["model"], project["splits"].test, source="images") is None
+
+
+def test_compile_model_chains_onto_compress_model_in_the_api(project, tmp_path):
+    """compile_model(compress_model(...)): the compressed user model compiles at the data's input shape,
+    with its int8 layers as integer kernels, and the artifact passes its output check."""
+    import re
+
+    from edgekit.compile import compile_model
+    from edgekit.compress import compress_model, recipe_from_toml
+    from edgekit.run import run_artifact
+
+    recipe = recipe_from_toml('[[steps]]\nkind = "prune"\nratio = 0.25\n\n[[steps]]\nkind = "quantize"\n')
+    compressed = compress_model(project["model"], recipe, project["images"], input_shape=(1, 3, 32, 32),
+                                progress=False)
+    artifact = compile_model(compressed, "host", out_dir=tmp_path, tuning=False)
+    assert artifact.manifest["inputs"][0]["shape"] == [1, 3, 32, 32]
+    # Integer convs (int8 in, int32 sums, then the float requantize: "conv2d_cast" kernels); a pruned width
+    # that the dot-product group does not divide runs on the widened-load conv rule, still in integers.
+    kernels = [k for names in artifact.manifest["schedules"]["by_rule"].values() for k in names]
+    assert any(re.match(r"fused_conv2d\d*_cast", k) for k in kernels), artifact.manifest["schedules"]
+    assert run_artifact(artifact, warmup=0, repeats=2).output_check["passed"]
