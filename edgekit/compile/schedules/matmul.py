@@ -187,11 +187,19 @@ class Matmul(util.Float32Rule, CPUScheduleRule):
         if ii is not None:
             sch.unroll(ii)
         sch.unroll(jt)
-        if lanes > 1:
-            sch.vectorize(jl)
-        init = sch.decompose_reduction(block, kl)
-        util.vectorize_inner(sch, init, lanes)
-        return sch
+        return _vectorize_and_split_init(sch, block, kl, jl, lanes)
+
+
+def _vectorize_and_split_init(sch, block, reduction_loop, lane_loop, lanes: int):
+    """The lane loop vectorized, then the zeroing split off at ``reduction_loop`` and vectorized too.
+
+    In this order: decompose_reduction before the vectorize leaves an update block that vectorize
+    refuses ("does not have compact dataflow")."""
+    if lanes > 1:
+        sch.vectorize(lane_loop)
+    init = sch.decompose_reduction(block, reduction_loop)
+    util.vectorize_inner(sch, init, lanes)
+    return sch
 
 
 def _accumulate_in_registers(sch, block):
@@ -238,11 +246,7 @@ def _schedule_gemv(sch, shape, lanes, cpu):
         sch.parallel(jp)  # each thread streams its own column slice of every row
     util.vectorize_inner(sch, _accumulate_in_registers(sch, block), lanes)
     sch.unroll(ki)
-    if lanes > 1:
-        sch.vectorize(jl)
-    init = sch.decompose_reduction(block, ko)
-    util.vectorize_inner(sch, init, lanes)
-    return sch
+    return _vectorize_and_split_init(sch, block, ko, jl, lanes)
 
 
 def rules(cpu) -> list:
