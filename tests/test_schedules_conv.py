@@ -275,11 +275,24 @@ def test_tile_choice_never_needs_a_channel_tail():
     for profile, lanes in (("x86-avx2", 8), ("rpi4", 4)):
         cpu = cpu_info(resolve_tvm_target(load_target(profile)))
         assert cpu.f32_lanes == lanes
-        for oc, ow in ((24, 56), (40, 14), (96, 7), (1000, 1), (10, 7), (3, 5), (960, 7)):
+        for oc, ow in ((24, 56), (40, 14), (96, 7), (1000, 1), (10, 7), (3, 5), (960, 7), (45, 14), (22, 7)):
             kernel = ConvKernel(None, None, None, [], [1, ow, ow, oc], [3, 3, 16], 16, 0, 0)
             tile = choose_tile(kernel, cpu, depthwise=False)
             assert oc % (tile.lanes * tile.ct) == 0 and ow % tile.tw == 0
-            assert tile.lanes == min(lanes, oc & -oc)  # the largest power-of-two vector dividing oc
+            power_of_two = min(lanes, oc & -oc)  # the largest power-of-two vector dividing oc
+            # ... unless that is under 4 lanes (a pruned width such as 45 or 22): then the widest vector
+            # that divides the channels, 45 = 3 x 15 lanes rather than 45 scalars.
+            expected = power_of_two if power_of_two >= 4 else max(d for d in range(1, lanes + 1) if oc % d == 0)
+            assert tile.lanes == expected, (profile, oc, tile)
+
+
+def test_a_pruned_width_off_the_power_of_two_grid_is_vectorized_and_exact(tmp_path):
+    """45 output channels (a uniform 6% prune of 48): odd-width vectors, not a scalar kernel 6x slower."""
+    torch.manual_seed(0)
+    model = nn.Sequential(_conv(24, 45, 3, 1, 1), _conv(45, 45, 3, 1, 1, groups=45)).eval()
+    artifact = _check_against_torch(model, (1, 24, 14, 14), tmp_path)
+    rules = sorted(_conv_kernels(artifact.manifest["schedules"]).values())
+    assert rules == ["ConvNHWC", "DepthwiseNHWC"], artifact.manifest["schedules"]
 
 
 def test_x86_targets_get_their_vector_width():
