@@ -100,8 +100,7 @@ def optimize_graph(mod, target):
     # Integer kernels first (CPU only): FoldConstant would turn the int8 weights into float constants.
     integer = [integer_quantized_ops(unsigned_activations=_dot_product_is_unsigned(target))] \
         if target.kind.name == "llvm" else []
-    integer = [explicit_pads_into_convs(), *integer]
-    passes = [*integer, relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
+    passes = [explicit_pads_into_convs(), *integer, relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
               relax.transform.CanonicalizeBindings(), FoldConstantsWithNumpy(), relax.transform.FoldConstant(),
               *layout_passes(target)]
     try:

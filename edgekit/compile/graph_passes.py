@@ -54,6 +54,26 @@ def layout_passes(target) -> list:
             FoldConstantsWithNumpy(), relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings()]
 
 
+def _relax_function_pass(name: str, rewrite_function):
+    """A module pass: ``rewrite_function`` (relax.Function -> relax.Function) on every Relax function.
+
+    It writes into a copy: assigning into the module given would change the caller's in place
+    (tuning keeps its tasks' modules and looks records up by them).
+    """
+    tvm = import_tvm()
+    from tvm import relax
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def _pass(mod, _ctx):
+        updates = {gv: rewrite_function(func) for gv, func in mod.functions.items() if isinstance(func, relax.Function)}
+        mod = mod.clone()
+        for gv, func in updates.items():
+            mod[gv] = func
+        return mod
+
+    return _pass
+
+
 def squeeze_axes_non_negative():
     """A module pass: ``squeeze(x, axis=[-2])`` -> ``squeeze(x, axis=[rank - 2])`` (the same op).
 
@@ -63,7 +83,7 @@ def squeeze_axes_non_negative():
     ONNX Squeeze nodes.  (edgekit.compile.frontend_fixes.normalize_squeeze_dims fixes the same in the
     FX graph, before decomposition; this pass catches every squeeze whichever route wrote it.)
     """
-    tvm = import_tvm()
+    import_tvm()
     from tvm import relax
     from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
@@ -76,21 +96,12 @@ def squeeze_axes_non_negative():
             return expr
         return relax.op.squeeze(expr.args[0], [int(a) % ndim for a in axis])
 
-    @tvm.transform.module_pass(opt_level=0, name="EdgekitSqueezeAxesNonNegative")
-    def _pass(mod, _ctx):
-        updates = {gv: rewrite_call(pattern, rewrite, func) for gv, func in mod.functions.items()
-                   if isinstance(func, relax.Function)}
-        mod = mod.clone()
-        for gv, func in updates.items():
-            mod[gv] = func
-        return mod
-
-    return _pass
+    return _relax_function_pass("EdgekitSqueezeAxesNonNegative", lambda func: rewrite_call(pattern, rewrite, func))
 
 
 def clip_as_min_max():
     """A module pass: float ``clip(x, lo, hi)`` -> ``minimum(maximum(x, lo), hi)`` (same values)."""
-    tvm = import_tvm()
+    import_tvm()
     from tvm import relax
     from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
@@ -104,16 +115,7 @@ def clip_as_min_max():
             return expr
         return relax.op.minimum(relax.op.maximum(x, relax.const(low, dtype)), relax.const(high, dtype))
 
-    @tvm.transform.module_pass(opt_level=0, name="EdgekitClipAsMinMax")
-    def _pass(mod, _ctx):
-        updates = {gv: rewrite_call(pattern, rewrite, func) for gv, func in mod.functions.items()
-                   if isinstance(func, relax.Function)}
-        mod = mod.clone()  # assigning into the module given would change the caller's in place
-        for gv, func in updates.items():
-            mod[gv] = func
-        return mod
-
-    return _pass
+    return _relax_function_pass("EdgekitClipAsMinMax", lambda func: rewrite_call(pattern, rewrite, func))
 
 
 def _float_dtype(expr) -> str:
@@ -125,6 +127,9 @@ def _float_dtype(expr) -> str:
 
 
 def _prim_float(expr):
+    """The float of a PrimValue/FloatImm/IntImm, or of a plain number (an op attribute such as pad_value)."""
+    if isinstance(expr, (int, float)):
+        return float(expr)
     value = getattr(expr, "value", None)
     value = getattr(value, "value", value)
     try:
@@ -169,7 +174,7 @@ def integer_quantized_ops(*, unsigned_activations: bool = False):
     (scale, bias, ReLU, the next layer's round/clip/astype) into one kernel that reads int8
     and writes int8.  Layers whose activation is not quantized stay float.
     """
-    tvm = import_tvm()
+    import_tvm()
     from tvm import relax
     from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
@@ -233,18 +238,7 @@ def integer_quantized_ops(*, unsigned_activations: bool = False):
         scale = combined.reshape(axis_shape) if combined.size > 1 else combined.reshape(())
         return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale))
 
-    @tvm.transform.module_pass(opt_level=0, name="EdgekitIntegerQuantizedOps")
-    def _pass(mod, _ctx):
-        updates = {}
-        for gv, func in mod.functions.items():
-            if isinstance(func, relax.Function):
-                updates[gv] = rewrite_call(pattern, rewrite, func)
-        mod = mod.clone()  # assigning into the module given would change the caller's in place
-        for gv, func in updates.items():
-            mod[gv] = func
-        return mod
-
-    return _pass
+    return _relax_function_pass("EdgekitIntegerQuantizedOps", lambda func: rewrite_call(pattern, rewrite, func))
 
 
 def explicit_pads_into_convs():
@@ -261,7 +255,7 @@ def explicit_pads_into_convs():
     pad is first moved after the quantize, then merged.  Run before integer_quantized_ops, which
     expects the conv to read the quantized activation directly.
     """
-    tvm = import_tvm()
+    import_tvm()
     from tvm import relax
     from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
@@ -292,24 +286,15 @@ def explicit_pads_into_convs():
                                   kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
                                   out_dtype=attrs.out_dtype)
 
-    @tvm.transform.module_pass(opt_level=0, name="EdgekitExplicitPadsIntoConvs")
-    def _pass(mod, _ctx):
-        updates = {gv: rewrite_call(conv, into_conv, rewrite_call(quantized, pad_after_quantize, func))
-                   for gv, func in mod.functions.items() if isinstance(func, relax.Function)}
-        mod = mod.clone()  # assigning into the module given would change the caller's in place
-        for gv, func in updates.items():
-            mod[gv] = func
-        return mod
-
-    return _pass
+    return _relax_function_pass("EdgekitExplicitPadsIntoConvs", lambda func: rewrite_call(
+        conv, into_conv, rewrite_call(quantized, pad_after_quantize, func)))
 
 
 def _spatial_zero_pad(pad) -> tuple[int, int, int, int] | None:
     """(top, left, bottom, right) of a constant-zero NCHW pad of H and W only; None for any other pad."""
     attrs = pad.attrs
     widths = [int(v) for v in attrs.pad_width]
-    value = _prim_float(attrs.pad_value) if not isinstance(attrs.pad_value, (int, float)) else float(attrs.pad_value)
-    if str(attrs.pad_mode) != "constant" or value != 0.0 or len(widths) != 8 or any(widths[:4]):
+    if str(attrs.pad_mode) != "constant" or _prim_float(attrs.pad_value) != 0.0 or len(widths) != 8 or any(widths[:4]):
         return None
     return widths[4], widths[6], widths[5], widths[7]
 

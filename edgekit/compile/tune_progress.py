@@ -43,13 +43,17 @@ class Monitor:
     def past_deadline(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
+    def skipping(self) -> bool:
+        """Batches are handed back unbuilt: the budget is spent and the first batch was built."""
+        return bool(self.batches_built) and self.past_deadline()
+
     def builder(self, inner):
         """``inner`` (a MetaSchedule Builder) that stops building once the time budget is spent."""
         from tvm.s_tir.meta_schedule.builder import BuilderResult
         from tvm.s_tir.meta_schedule.builder.builder import _PyBuilder
 
         def build(inputs):
-            if self.batches_built and self.past_deadline():
+            if self.skipping():
                 return [BuilderResult(None, SKIPPED) for _ in inputs]
             self.batches_built += 1
             return inner.build(inputs)
@@ -84,7 +88,7 @@ class Monitor:
         raise OutOfTime()
 
     def sent(self, count: int, task: str) -> None:
-        if self.batches_built and self.past_deadline():
+        if self.skipping():
             return  # handed back unbuilt (see Monitor.builder)
         self.sent_total = getattr(self, "sent_total", 0) + count
         self.say(f"  [{time.monotonic() - self.started:6.0f} s] building {count} candidates for {task[:48]} "

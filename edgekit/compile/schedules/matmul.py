@@ -37,6 +37,7 @@ from tvm import tirx  # noqa: E402
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule  # noqa: E402
 
 from edgekit.compile.schedules import dense_analysis as util  # noqa: E402
+from edgekit.compile.schedules._common import largest_divisor  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -228,10 +229,7 @@ def _schedule_gemv(sch, shape, lanes, cpu):
     grid (1000 on 16 lanes) take narrower vectors rather than a padded copy of the weight on every call;
     a column count that 4 does not divide goes to the padded tile.
     """
-    narrower = lanes
-    while narrower > 4 and shape.n % narrower:
-        narrower //= 2
-    lanes = narrower  # at least 4: the rule sends other column counts to the padded tile
+    lanes = largest_divisor(shape.n, lanes)  # at least 4: the rule sends other column counts to the padded tile
     block = shape.block
     loops = sch.get_loops(block)
     unroll = next(u for u in (GEMV_K_UNROLL, 2, 1) if shape.kdim % u == 0)
