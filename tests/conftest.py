@@ -93,6 +93,20 @@ def host_artifact(artifacts_dir):
 
 
 @pytest.fixture(scope="session")
+def two_conv_artifact(artifacts_dir):
+    """Two 32-channel 3x3 convolutions at 32x32 without BatchNorm, for this machine: hundreds of times the
+    tiny CNN's work (a heavy model to tell apart), and constants that are exactly its weights and biases."""
+    import torch
+
+    from edgekit.compile import compile_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(32, 32, 3, padding=1)).eval()
+    return compile_model(model, "host", input_shapes=[(1, 1, 32, 32)], out_dir=artifacts_dir)
+
+
+@pytest.fixture(scope="session")
 def rpi4_artifact(artifacts_dir):
     """The same CNN cross-compiled for the rpi4 profile (aarch64)."""
     from edgekit.compile import compile_model

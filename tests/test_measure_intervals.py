@@ -264,16 +264,9 @@ def test_bad_stopping_flags_are_usage_errors_and_a_bad_profile_field_names_itsel
 
 
 @pytest.fixture(scope="module")
-def heavy_artifact(tmp_path_factory):
-    """A model with one deliberately expensive convolution: hundreds of times the tiny CNN's work."""
-    import torch
-
-    from edgekit.compile import compile_model
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(),
-                                torch.nn.Conv2d(32, 32, 3, padding=1)).eval()
-    return compile_model(model, "host", input_shapes=[(1, 1, 32, 32)], out_dir=tmp_path_factory.mktemp("heavy"))
+def heavy_artifact(two_conv_artifact):
+    """A model with deliberately expensive convolutions: hundreds of times the tiny CNN's work."""
+    return two_conv_artifact
 
 
 def test_comparing_two_artifacts_in_interleaved_rounds_finds_the_heavier_one(host_artifact, heavy_artifact, capsys):

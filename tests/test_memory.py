@@ -17,16 +17,9 @@ def ssh_args(device) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def wide_artifact(tmp_path_factory):
+def wide_artifact(two_conv_artifact):
     """Two convolutions without BatchNorm: constants are exactly their weights and biases."""
-    import torch
-
-    from edgekit.compile import compile_model
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(),
-                                torch.nn.Conv2d(32, 32, 3, padding=1)).eval()
-    return compile_model(model, "host", input_shapes=[(1, 1, 32, 32)], out_dir=tmp_path_factory.mktemp("wide"))
+    return two_conv_artifact
 
 
 def test_the_manifest_records_constants_and_planned_workspace(wide_artifact):
