@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from edgekit.cli.options import (add_json_option, add_measure_options, add_ssh_options, add_targets_dir_option,
-                                 artifact_from_arg, connect_kwargs, input_shapes, measure_overrides)
+from edgekit.cli.options import (add_one_device_options, artifact_from_arg, connect_kwargs, input_shapes,
+                                 measure_overrides)
 from edgekit.cli.output import emit_json, progress
 
 
@@ -20,11 +20,7 @@ def register(subparsers) -> None:
     parser.add_argument("-o", "--out-dir", default=None, help="where compiled artifacts go")
     parser.add_argument("--rounds", type=int, default=None,
                         help="interleaved rounds of each (default 6, the fewest that give a 95%% interval)")
-    parser.add_argument("--emulated", action="store_true", help="the device is emulated (qemu)")
-    add_ssh_options(parser, several=False, host_required=False)
-    add_measure_options(parser)
-    add_targets_dir_option(parser)
-    add_json_option(parser)
+    add_one_device_options(parser)
     parser.set_defaults(func=run)
 
 

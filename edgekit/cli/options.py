@@ -115,6 +115,15 @@ def connect_kwargs(args) -> dict:
 # ---------------------------------------------------------------- measuring
 
 
+def add_one_device_options(parser) -> None:
+    """What a command that measures on one device (this machine, or ``--host``) takes after its own options."""
+    parser.add_argument("--emulated", action="store_true", help="the device is emulated (qemu)")
+    add_ssh_options(parser, several=False, host_required=False)
+    add_measure_options(parser)
+    add_targets_dir_option(parser)
+    add_json_option(parser)
+
+
 def add_measure_options(parser, *, kernels: bool = False) -> None:
     """--warmup/--repeats/--threads (default: the target profile's), and --kernels where it applies."""
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default: the profile's)")

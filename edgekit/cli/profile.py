@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from edgekit.cli.options import (add_json_option, add_measure_options, add_model_options, add_ssh_options,
-                                 add_targets_dir_option, connect_kwargs, input_shapes, measure_overrides)
+from edgekit.cli.options import (add_model_options, add_one_device_options, connect_kwargs, input_shapes,
+                                 measure_overrides)
 from edgekit.cli.output import emit_json, info, progress
 
 
@@ -19,11 +19,7 @@ def register(subparsers) -> None:
     parser.add_argument("--report-dir", default="edgekit-profile", help="where the card's files go "
                                                                         "(default: %(default)s)")
     parser.add_argument("--kernel-repeats", type=int, default=None, help="timed repeats of each kernel")
-    parser.add_argument("--emulated", action="store_true", help="the device is emulated (qemu)")
-    add_ssh_options(parser, several=False, host_required=False)
-    add_measure_options(parser)
-    add_targets_dir_option(parser)
-    add_json_option(parser)
+    add_one_device_options(parser)
     parser.set_defaults(func=run)
 
 
