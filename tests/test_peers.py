@@ -49,6 +49,24 @@ def test_edgekit_and_onnxruntime_side_by_side_on_one_board(make_device, device_r
     assert result["threads"] == 1  # the same thread count for both, the profile's
 
 
+def test_edgekit_and_executorch_xnnpack_side_by_side_at_one_thread(make_device, device_runtime_site, edgekit_cache,
+                                                                  small_cnn_pt2, tmp_path, capsys):
+    from edgekit.testing.peer_sites import local_peer_site
+
+    et_site = local_peer_site(edgekit_cache, "executorch")  # executorch and torch, as pip installs them on a board
+    device = make_device(env={"PYTHONPATH": f"{device_runtime_site}:{et_site}"})
+    argv = ["compare", "--model", str(small_cnn_pt2), "--peers", "executorch", *ssh_args(device), "--rounds", "2",
+            "--repeats", "10", "--warmup", "3", "-o", str(tmp_path / "artifacts"), "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    peer = result["peers"]["executorch"]
+    assert peer["available"], peer.get("reason")
+    assert peer["version"] == "1.5.1" and peer["outputs_agree"] and peer["output_check"]["passed"]
+    assert peer["stats"]["count"] == 20 and peer["stats"]["median_ci_low_ms"] <= peer["stats"]["median_ms"]
+    assert peer["edgekit_stats"]["median_ci_high_ms"] >= peer["edgekit_stats"]["median_ms"]
+    assert peer["threads"] == result["threads"] == 1  # XNNPACK's threadpool was reset from every core to one
+
+
 def test_a_peer_the_board_cannot_run_is_reported_not_skipped(device, small_cnn_pt2, tmp_path, capsys):
     argv = ["compare", "--model", str(small_cnn_pt2), "--peers", "onnxruntime", *ssh_args(device), "--rounds", "1",
             "--repeats", "6", "-o", str(tmp_path / "artifacts")]
@@ -60,6 +78,6 @@ def test_a_peer_the_board_cannot_run_is_reported_not_skipped(device, small_cnn_p
 
 def test_peer_options_are_usage_errors(small_cnn_pt2, capsys):
     assert main(["compare", "--model", str(small_cnn_pt2), "--peers", "tflite"]) == 2
-    assert "unknown peer runtime 'tflite'; available: onnxruntime, torch" in capsys.readouterr().err
+    assert "unknown peer runtime 'tflite'; available: onnxruntime, executorch, torch" in capsys.readouterr().err
     assert main(["compare", "--peers", "onnxruntime"]) == 2
     assert main(["compare", "only-one"]) == 2

@@ -1,10 +1,15 @@
 """edgekit against the runtime the user would pick instead, on the same device, honestly.
 
-The same model runs in ONNX Runtime (exported to ONNX here) and in torch eager (the exported program), on the
-device itself, on the artifact's own reference inputs, at the same thread count and protocol, in rounds
+The same model runs in ONNX Runtime (exported to ONNX here), in ExecuTorch (lowered here to a .pte with the
+XNNPACK partitioner, the runtime Arm boards are usually served by) and in torch eager (the exported program), on
+the device itself, on the artifact's own reference inputs, at the same thread count and protocol, in rounds
 interleaved with edgekit's artifact (edgekit, peer; peer, edgekit; ...).  Each peer's outputs are checked
 against the same host reference edgekit's are.  The verdict per peer is ``compare_rounds``'s: faster or slower
-beyond the noise, with the ratio's interval.  A peer the device cannot run is reported with the reason.
+beyond the noise, with the ratio's interval.  A peer the device cannot run, or that cannot be made for the model
+here (no executorch installed on the host, an .onnx model for a torch-only peer), is reported with the reason.
+
+On a board the peer runtime comes from the device's python, or from ``ROOT/peer-runtimes/PEER`` where
+``edgekit device setup --install onnxruntime`` unpacks the wheel for the device's platform.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from edgekit.errors import UsageError
 from edgekit.measure.compare import DEFAULT_ROUNDS, compare_rounds
 from edgekit.onboard import PROGRAMS_DIR, RUNNER_HELPERS
 
-PEERS = ("onnxruntime", "torch")
+PEERS = ("onnxruntime", "executorch", "torch")
+PEER_MODEL_FILES = {"onnxruntime": "model.onnx", "executorch": "model.pte", "torch": "model.pt2"}
 PEER_PROGRAMS = ("peer_runner", "runner", *RUNNER_HELPERS)
+PEER_RUNTIMES_DIR = "peer-runtimes"  # ROOT/peer-runtimes/PEER: where `edgekit device setup` unpacks a peer
 
 
 def compare_with_peers(model, target="host", host=None, *, peers=("onnxruntime",), rounds: int = DEFAULT_ROUNDS,
@@ -42,10 +49,15 @@ def compare_with_peers(model, target="host", host=None, *, peers=("onnxruntime",
     artifact = compile_model(loaded, target, input_shapes=input_shapes, out_dir=out_dir)
     measured = artifact.measure_protocol.with_overrides(**{k: v for k, v in protocol.items() if v is not None})
     with tempfile.TemporaryDirectory(prefix="edgekit-peers-") as tmp:
-        bundles = {p: _bundle(p, loaded, artifact, Path(tmp) / p) for p in peers}
+        bundles, unavailable = {}, {}
+        for p in peers:
+            try:
+                bundles[p] = _bundle(p, loaded, artifact, Path(tmp) / p)
+            except PeerUnavailable as exc:
+                unavailable[p] = str(exc)
         device = _Device(host, connect, root, emulated)
         try:
-            edgekit_rounds, peer_rounds, peer_reports, unavailable = [], {p: [] for p in peers}, {}, {}
+            edgekit_rounds, peer_rounds, peer_reports = [], {p: [] for p in peers}, {}
             for i in range(rounds):
                 order = ["edgekit", *peers] if i % 2 == 0 else [*peers, "edgekit"]
                 for who in order:
@@ -71,7 +83,8 @@ def compare_with_peers(model, target="host", host=None, *, peers=("onnxruntime",
         verdict = compare_rounds(peer_rounds[peer], [r.samples_ms for r in edgekit_rounds],
                                  names=(peer, "edgekit"))
         last = peer_reports[peer]
-        result["peers"][peer] = {"available": True, "version": last["version"], "output_check": last["output_check"],
+        result["peers"][peer] = {"available": True, "version": last["version"], "threads": last["threads"],
+                                 "output_check": last["output_check"],
                                  "outputs_agree": bool(last["output_check"]["passed"]
                                                        and edgekit_rounds[-1].output_check["passed"]),
                                  "stats": verdict["a"], **_verdict_fields(verdict, result)}
@@ -87,17 +100,21 @@ def _verdict_fields(verdict, result) -> dict[str, Any]:
             "edgekit_stats": verdict["b"]}
 
 
+class PeerUnavailable(Exception):
+    """The peer's model file cannot be made here; the message says why (reported, not raised to the user)."""
+
+
 def _bundle(peer: str, loaded, artifact, where: Path) -> Path:
     """The peer's directory: its model file, the artifact's reference inputs/outputs and tolerance, the programs."""
+    if peer != "onnxruntime" and loaded.module is None and loaded.exported is None:
+        raise PeerUnavailable(f"the {peer} peer needs a torch model (an .onnx file has none)")
     where.mkdir(parents=True)
     shutil.copy(artifact.path / artifact.manifest["reference"], where / "reference.npz")
     (where / "tolerance.json").write_text(json.dumps(artifact.manifest["tolerance"]))
     for name in PEER_PROGRAMS:
         shutil.copy(PROGRAMS_DIR / f"{name}.py", where / f"{name}.py")
-    if peer == "onnxruntime":
-        _export_onnx(loaded, artifact, where / "model.onnx")
-    else:
-        _export_program(loaded, artifact, where / "model.pt2")
+    export = {"onnxruntime": _export_onnx, "executorch": _export_executorch, "torch": _export_program}[peer]
+    export(loaded, artifact, where / PEER_MODEL_FILES[peer])
     return where
 
 
@@ -129,15 +146,41 @@ def _export_onnx(loaded, artifact, path: Path) -> None:
             torch.onnx.export(module.eval(), _example(artifact), str(path), dynamo=False, opset_version=17)
 
 
-def _export_program(loaded, artifact, path: Path) -> None:
+def _exported(loaded, artifact):
     import torch
 
     if loaded.exported is not None:
-        torch.export.save(loaded.exported, path)
-    elif loaded.module is not None:
-        torch.export.save(torch.export.export(loaded.module, _example(artifact)), path)
-    else:
-        raise UsageError("the torch peer needs a torch model (an .onnx file has none)")
+        return loaded.exported
+    return torch.export.export(loaded.module.eval(), _example(artifact))
+
+
+def _export_program(loaded, artifact, path: Path) -> None:
+    import torch
+
+    torch.export.save(_exported(loaded, artifact), path)
+
+
+def _export_executorch(loaded, artifact, path: Path) -> None:
+    """Lower to a .pte with XNNPACK taking every op it can, as ExecuTorch's own export recipe for CPUs does."""
+    try:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+    except ImportError as exc:
+        raise PeerUnavailable(f"executorch is not installed on this machine to lower the model ({exc}); "
+                              "pip install 'edgekit[peers]'") from exc
+    import contextlib
+    import io
+    import warnings
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            program = to_edge_transform_and_lower(_exported(loaded, artifact),
+                                                  partitioner=[XnnpackPartitioner()]).to_executorch()
+        except Exception as exc:  # an op ExecuTorch cannot lower: the peer is unavailable for this model
+            raise PeerUnavailable(f"executorch could not lower this model: {type(exc).__name__}: "
+                                  f"{str(exc).strip()[:300]}") from exc
+    path.write_bytes(program.buffer)
 
 
 class _Device:
@@ -164,8 +207,9 @@ class _Device:
             stdout, stderr, status = done.stdout, done.stderr, done.returncode
         else:
             remote_dir = self._upload(bundle)
-            site = f"{self.root_abs}/runtime/site-packages"
-            done = self.remote.run(["python3", f"{remote_dir}/peer_runner.py", remote_dir, *options, "--site", site],
+            sites = ["--site", f"{self.root_abs}/runtime/site-packages", "--site",
+                     f"{self.root_abs}/{PEER_RUNTIMES_DIR}/{peer}"]
+            done = self.remote.run(["python3", f"{remote_dir}/peer_runner.py", remote_dir, *options, *sites],
                                    timeout_s=protocol.time_limit_s + 30, check=False)
             stdout, stderr, status = done.stdout, done.stderr, done.exit_status
         data = _last_json_line(stdout)

@@ -2,13 +2,14 @@
 """edgekit peer runner: the same model in another runtime on the device, timed by edgekit's protocol.
 
 Uploaded (with runner.py, device_facts.py and order_stats.py beside it) into a peer directory holding
-``model.onnx`` (ONNX Runtime) or ``model.pt2`` (torch eager), ``reference.npz`` (the artifact's inputs and the
+``model.onnx`` (ONNX Runtime), ``model.pte`` (ExecuTorch, lowered to XNNPACK on the host) or ``model.pt2``
+(torch eager), ``reference.npz`` (the artifact's inputs and the
 host's outputs) and ``tolerance.json``; run on the device.  It loads the model, checks its outputs against the
 reference on the same inputs the artifact is checked with, warms up until the timings settle, times with the
 runner's stopping rule, and prints one JSON object.  It needs numpy and the peer runtime only; a runtime the
 device cannot import is reported (exit 21), never skipped silently.
 
-    python3 peer_runner.py PEER_DIR --runtime onnxruntime|torch [the runner's measurement options]
+    python3 peer_runner.py PEER_DIR --runtime onnxruntime|executorch|torch [the runner's measurement options]
 """
 
 import argparse
@@ -24,7 +25,7 @@ else:
     import runner
     from device_facts import machine_facts
 
-RUNTIMES = ("onnxruntime", "torch")
+RUNTIMES = ("onnxruntime", "executorch", "torch")
 
 
 class _PerfTimer:
@@ -55,6 +56,28 @@ def load_onnxruntime(peer_dir, inputs, threads):
                                            providers=["CPUExecutionProvider"])
     feed = {i.name: x for i, x in zip(session.get_inputs(), inputs)}
     return (lambda: session.run(None, feed)), onnxruntime.__version__
+
+
+def load_executorch(peer_dir, inputs, threads):
+    import torch  # the executorch wheel's runtime needs torch's libraries loaded first
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+
+    # XNNPACK's threadpool starts with one thread per core; the comparison runs at the artifact's count
+    portable_lib._unsafe_reset_threadpool(threads)
+    if threads != portable_lib._threadpool_get_thread_count():
+        raise ImportError("executorch's threadpool would not run at %d thread(s)" % threads)
+    if "XnnpackBackend" not in portable_lib._get_registered_backend_names():
+        raise ImportError("this executorch has no XNNPACK backend")
+    method = Runtime.get().load_program(os.path.join(peer_dir, "model.pte")).load_method("forward")
+    tensors = [torch.from_numpy(x) for x in inputs]
+
+    def run():
+        return [t.numpy() for t in method.execute(tensors)]
+
+    from importlib import metadata
+
+    return run, metadata.version("executorch")
 
 
 def load_torch(peer_dir, inputs, threads):
@@ -102,7 +125,7 @@ def main(argv=None):
         count = len([k for k in reference.files if k.startswith("in")])
         inputs = [reference["in%d" % i] for i in range(count)]
         expected = [reference["out%d" % i] for i in range(len([k for k in reference.files if k.startswith("out")]))]
-        load = load_onnxruntime if args.runtime == "onnxruntime" else load_torch
+        load = {"onnxruntime": load_onnxruntime, "executorch": load_executorch, "torch": load_torch}[args.runtime]
         run, version = load(args.peer_dir, inputs, args.threads)
     except ImportError as exc:
         emit({"ok": False, "error": "unavailable", "runtime": args.runtime,
