@@ -81,3 +81,42 @@ def test_peer_options_are_usage_errors(small_cnn_pt2, capsys):
     assert "unknown peer runtime 'tflite'; available: onnxruntime, executorch, torch" in capsys.readouterr().err
     assert main(["compare", "--peers", "onnxruntime"]) == 2
     assert main(["compare", "only-one"]) == 2
+
+
+# The ONNX Runtime wheel for the emulated Pi: tools/setup-system.sh downloads it into the cache (no test does)
+PI_PEER_WHEELS = "peer-wheels-aarch64-cp311"
+
+
+@pytest.mark.slow
+def test_onnxruntime_installed_from_the_host_runs_beside_edgekit_on_the_emulated_pi(emulated_pi, edgekit_cache,
+                                                                                    small_cnn_pt2, tmp_path, capsys):
+    wheels = edgekit_cache / PI_PEER_WHEELS
+    assert list(wheels.glob("onnxruntime-*manylinux_2_28_aarch64.whl")), \
+        f"no aarch64 onnxruntime wheel in {wheels}: run tools/setup-system.sh"
+    setup = ["device", "setup", "--target", "rpi4", *ssh_args(emulated_pi), "--install", "onnxruntime",
+             "--wheels", str(wheels), "--json"]
+    assert main(setup) == 0, capsys.readouterr().err
+    installed = json.loads(capsys.readouterr().out)["peers_installed"][0]
+    assert installed["peer"] == "onnxruntime" and installed["path"].endswith("/peer-runtimes/onnxruntime")
+
+    argv = ["compare", "--model", str(small_cnn_pt2), "--target", "rpi4", "--peers", "onnxruntime,executorch",
+            *ssh_args(emulated_pi), "--rounds", "2", "--repeats", "10", "--warmup", "2",
+            "-o", str(tmp_path / "artifacts"), "--json"]
+    assert main(argv) == 0, capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out)
+    assert result["emulated"] is True and result["edgekit"]["device"]["machine"] == "aarch64"
+    ort = result["peers"]["onnxruntime"]
+    assert ort["available"] and ort["version"] == installed["version"]
+    assert ort["outputs_agree"] and ort["output_check"]["passed"]
+    for stats in (ort["stats"], ort["edgekit_stats"]):  # both medians have intervals
+        assert stats["median_ci_low_ms"] <= stats["median_ms"] <= stats["median_ci_high_ms"]
+    assert ort["verdict"].startswith("EMULATED, not a measurement of the board")
+    executorch = result["peers"]["executorch"]  # the Pi has no executorch (nor torch): said so, not skipped
+    assert executorch == {"available": False, "reason": executorch["reason"]}
+    assert "executorch cannot be imported on the device" in executorch["reason"]
+
+
+def test_device_setup_install_names_what_it_can_install(device, capsys):
+    argv = ["device", "setup", "--target", "host", *ssh_args(device), "--install", "runtime,tflite"]
+    assert main(argv) == 2
+    assert "--install: unknown 'tflite'" in capsys.readouterr().err

@@ -9,11 +9,11 @@ from edgekit.cli.output import emit_json, progress
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "compare", help="two artifacts, or edgekit vs ONNX Runtime / torch, in interleaved rounds: faster beyond "
+        "compare", help="two artifacts, or edgekit vs ONNX Runtime / ExecuTorch / torch, in interleaved rounds: faster beyond "
                         "the noise?")
     parser.add_argument("artifacts", nargs="*", metavar="ARTIFACT", help="two artifact directories (A, then B)")
     parser.add_argument("--model", help="with --peers: the model to compile and to run in each peer runtime")
-    parser.add_argument("--peers", default=None, metavar="onnxruntime,torch",
+    parser.add_argument("--peers", default=None, metavar="onnxruntime,executorch,torch",
                         help="peer runtimes to run the model with on the same device")
     parser.add_argument("--target", default="host", help="with --model: the profile to compile for")
     parser.add_argument("--input-shape", action="append", default=None, metavar="1,3,224,224")

@@ -22,6 +22,9 @@ def register(subparsers) -> None:
                        help="bundle: the host uploads the runtime (no registry needed on the device); "
                             "pip: pip install --user on the device")
     setup.add_argument("--wheels", metavar="DIR", help="wheels for the device's platform to bundle (offline)")
+    setup.add_argument("--install", default="runtime", metavar="runtime,onnxruntime",
+                       help="what to install: the TVM runtime (the default) and/or peer runtimes for `edgekit "
+                            "compare --peers` (onnxruntime: the wheel for the device's platform, from the host)")
     check.set_defaults(func=run_check)
     setup.set_defaults(func=run_setup)
 
@@ -50,14 +53,31 @@ def run_check(args) -> int:
 
 
 def run_setup(args) -> int:
-    from edgekit.deploy.checks import setup_device
+    from edgekit.deploy.checks import check_device, setup_device
+    from edgekit.deploy.deploy import probe_device
+    from edgekit.deploy.peer_setup import INSTALLABLE_PEERS, install_peer
+    from edgekit.errors import UsageError
     from edgekit.targets import load_target
 
+    wanted = [w.strip() for w in args.install.split(",") if w.strip()]
+    unknown = [w for w in wanted if w != "runtime" and w not in INSTALLABLE_PEERS]
+    if unknown or not wanted:
+        raise UsageError(f"--install: unknown {unknown[0]!r}" if unknown else "--install: nothing named",
+                         hint=f"choose from runtime, {', '.join(INSTALLABLE_PEERS)} (comma-separated)")
     profile = load_target(args.target, args.targets_dir)
     with _remote(args) as remote:
-        report = setup_device(remote, profile, root=args.root, method=args.method, wheels_dir=args.wheels, log=info)
+        if "runtime" in wanted:
+            report = setup_device(remote, profile, root=args.root, method=args.method, wheels_dir=args.wheels,
+                                  log=info)
+        peers = [w for w in wanted if w != "runtime"]
+        facts = probe_device(remote, args.root) if peers else None
+        installed = [install_peer(remote, p, facts, root=args.root, wheels_dir=args.wheels, log=info) for p in peers]
+        if "runtime" not in wanted:
+            report = check_device(remote, profile, root=args.root)
     if args.json:
-        emit_json(report.to_dict())
+        emit_json({**report.to_dict(), "peers_installed": installed})
     else:
         print(report.text())
+        for peer in installed:
+            print(f"  ok peer      {peer['peer']} {peer['version']} imports on the device ({peer['path']})")
     return 0 if report.ok else 31

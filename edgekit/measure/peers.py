@@ -30,7 +30,6 @@ from edgekit.onboard import PROGRAMS_DIR, RUNNER_HELPERS
 PEERS = ("onnxruntime", "executorch", "torch")
 PEER_MODEL_FILES = {"onnxruntime": "model.onnx", "executorch": "model.pte", "torch": "model.pt2"}
 PEER_PROGRAMS = ("peer_runner", "runner", *RUNNER_HELPERS)
-PEER_RUNTIMES_DIR = "peer-runtimes"  # ROOT/peer-runtimes/PEER: where `edgekit device setup` unpacks a peer
 
 
 def compare_with_peers(model, target="host", host=None, *, peers=("onnxruntime",), rounds: int = DEFAULT_ROUNDS,
@@ -206,6 +205,8 @@ class _Device:
                                   capture_output=True, text=True, timeout=protocol.time_limit_s + 30)
             stdout, stderr, status = done.stdout, done.stderr, done.returncode
         else:
+            from edgekit.deploy.peer_setup import PEER_RUNTIMES_DIR
+
             remote_dir = self._upload(bundle)
             sites = ["--site", f"{self.root_abs}/runtime/site-packages", "--site",
                      f"{self.root_abs}/{PEER_RUNTIMES_DIR}/{peer}"]
