@@ -38,3 +38,7 @@ def test_main_job_compiles_runs_and_checks_the_bundled_model(capsys, tmp_path, m
     assert "outputs    match the reference" in out
     assert re.search(r"median \d+\.\d+ ms", out)
     assert (tmp_path / "edgekit-artifacts").is_dir()
+    # then edgekit against ONNX Runtime on this machine: both medians with intervals, a verdict
+    assert "compared   with onnxruntime here, 6 interleaved rounds" in out
+    assert re.search(r"^onnxruntime  median \S+ ms in .*outputs agree\)$", out, re.M), out
+    assert re.search(r"^ {13}(edgekit is (faster|slower) than onnxruntime|no difference beyond the noise)", out, re.M)

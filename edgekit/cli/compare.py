@@ -63,7 +63,6 @@ def _artifacts(args, rounds) -> int:
 
 def _peers(args, rounds) -> int:
     from edgekit.measure.peers import compare_with_peers
-    from edgekit.measure.stats import format_interval
     from edgekit.targets import load_target
 
     peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
@@ -76,6 +75,14 @@ def _peers(args, rounds) -> int:
     if args.json:
         emit_json(result)
         return 0
+    print_peers(result)
+    return 0
+
+
+def print_peers(result) -> None:
+    """edgekit's median, then each peer's (or why it could not run) and the verdict, one block per peer."""
+    from edgekit.measure.stats import format_interval
+
     edgekit = result["edgekit"]["stats"]
     print(f"edgekit      median {edgekit['median_ms']:.4g} ms in {format_interval(edgekit)}")
     for peer, r in result["peers"].items():
@@ -86,4 +93,3 @@ def _peers(args, rounds) -> int:
         print(f"{peer:<12} median {r['stats']['median_ms']:.4g} ms in {format_interval(r['stats'])} ({r['version']}, "
               f"{agree})")
         print(f"             {r['verdict']}")
-    return 0

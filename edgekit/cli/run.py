@@ -18,14 +18,24 @@ def register(subparsers) -> None:
     parser.add_argument("--target", default="host", help="profile to compile for with --model (default: host)")
     parser.add_argument("-o", "--out-dir", default=None)
     add_measure_options(parser, kernels=True)
+    parser.add_argument("--compare", default=None, metavar="onnxruntime,executorch,torch",
+                        help="with --model: then run the same model in these runtimes here, in interleaved rounds "
+                             "with the artifact (same inputs, threads and protocol), and say which is faster")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="with --compare: interleaved rounds of each (default 6, the fewest with a 95%% interval)")
     add_targets_dir_option(parser)
     add_json_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from edgekit.errors import UsageError
     from edgekit.run import run_artifact
 
+    if args.compare and not args.model:
+        raise UsageError("--compare needs --model: the peer runtimes run the model, not the artifact")
+    if args.rounds is not None and args.rounds < 1:
+        raise UsageError(f"--rounds must be at least 1, got {args.rounds}")
     if args.model:
         artifact = compile_from_args(args, args.target)
     else:
@@ -38,8 +48,9 @@ def run(args) -> int:
 
         annotate_kernels(report.kernels, kernel_sources_for(args.model, load_target(args.target, args.targets_dir),
                                                             artifact)[0])
+    comparison = _compare(args, artifact) if args.compare else None
     if args.json:
-        emit_json(report.to_dict())
+        emit_json({**report.to_dict(), **({"comparison": comparison} if comparison else {})})
         return 0
     s, check = report.stats, report.output_check
     print(f"artifact   {artifact.path}  ({artifact.target_name})")
@@ -52,4 +63,21 @@ def run(args) -> int:
     for line in measurement_lines(report):
         print(line)
     print_kernels(report.kernels, prefix="kernel     ")
+    if comparison:
+        from edgekit.cli.compare import print_peers
+
+        print(f"compared   with {', '.join(comparison['peers'])} here, {comparison['rounds']} interleaved rounds, "
+              f"{comparison['threads']} thread(s) each:")
+        print_peers(comparison)
     return 0
+
+
+def _compare(args, artifact) -> dict:
+    from edgekit.measure.compare import DEFAULT_ROUNDS
+    from edgekit.measure.peers import compare_with_peers
+
+    peers = tuple(p.strip() for p in args.compare.split(",") if p.strip())
+    rounds = DEFAULT_ROUNDS if args.rounds is None else args.rounds
+    with progress(f"edgekit vs {', '.join(peers)} here, {rounds} interleaved rounds"):
+        return compare_with_peers(args.model, artifact.target_name, None, peers=peers, rounds=rounds,
+                                  artifact=artifact, **measure_overrides(args))

@@ -34,9 +34,10 @@ PEER_PROGRAMS = ("peer_runner", "runner", *RUNNER_HELPERS)
 
 def compare_with_peers(model, target="host", host=None, *, peers=("onnxruntime",), rounds: int = DEFAULT_ROUNDS,
                        input_shapes=None, connect: dict | None = None, root: str = "~/.edgekit",
-                       out_dir=None, emulated: bool = False, **protocol) -> dict[str, Any]:
-    """Compile ``model`` for ``target``, then time it and each of ``peers`` in interleaved rounds on ``host``
-    (this machine when None).  ``protocol``: measure_latency's overrides (warmup, repeats, threads...)."""
+                       out_dir=None, emulated: bool = False, artifact=None, **protocol) -> dict[str, Any]:
+    """Compile ``model`` for ``target`` (or take ``artifact``, already compiled from it), then time it and each of
+    ``peers`` in interleaved rounds on ``host`` (this machine when None).  ``protocol``: measure_latency's
+    overrides (warmup, repeats, threads...)."""
     from edgekit.compile import compile_model
     from edgekit.measure.protocol import measure_latency
     from edgekit.models import load_model
@@ -45,7 +46,8 @@ def compare_with_peers(model, target="host", host=None, *, peers=("onnxruntime",
     if unknown:
         raise UsageError(f"unknown peer runtime {unknown[0]!r}; available: {', '.join(PEERS)}")
     loaded = load_model(model)
-    artifact = compile_model(loaded, target, input_shapes=input_shapes, out_dir=out_dir)
+    if artifact is None:
+        artifact = compile_model(loaded, target, input_shapes=input_shapes, out_dir=out_dir)
     measured = artifact.measure_protocol.with_overrides(**{k: v for k, v in protocol.items() if v is not None})
     with tempfile.TemporaryDirectory(prefix="edgekit-peers-") as tmp:
         bundles, unavailable = {}, {}
