@@ -131,3 +131,30 @@ def test_kernels_on_deploy_and_run_name_the_modules(device, lopsided_pt2, tmp_pa
     assert main(["run", *common]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("kernel ")]
     assert "expensive" in lines[0] and any("(compilation: layout)" in line for line in lines)
+
+
+def test_optimize_latency_table_links_kernels_by_module_and_names_layers_by_path(tmp_path):
+    """The optimize loop's latency table finds each probe conv's kernel through the cost card's mapping (not by
+    shapes), and reports a model's layers by module path, the expensive one first."""
+    from edgekit.compile import compile_model
+    from edgekit.optimize.devices import LocalDevice
+    from edgekit.optimize.latency_table import LatencyTable, conv_layers
+
+    device, model = LocalDevice(), lopsided()
+    layers = conv_layers(model, (1, 3, 16, 16))
+    table = LatencyTable.open(identity="local", target="host", threads=1, cache_dir=tmp_path)
+
+    def measure_fn(artifact, kernels=False):
+        report = device.measure(artifact, kernels=kernels, repeats=5, kernel_repeats=5)
+        table.observe(report.device)
+        return report
+
+    table.fill([spec for _, spec in layers], measure_fn=measure_fn,
+               compile_fn=lambda m, shapes: compile_model(m, "host", input_shapes=shapes, out_dir=tmp_path / "a"))
+    entries = [table.get(spec.signature) for _, spec in layers]
+    assert all(e["matched_by"] == "module" and "conv" in e["kernel"] for e in entries)
+    assert len({e["kernel"] for e in entries}) == len(entries)  # one kernel per distinct conv
+    rows = table.layer_rows(layers)
+    assert [r["module"] for r in rows][0] == "expensive"
+    assert {r["module"] for r in rows} == {"stem.0", "widen", "expensive", "narrow"}
+    assert all(r["latency_ms"] > 0 for r in rows)

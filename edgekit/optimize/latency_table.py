@@ -144,6 +144,25 @@ def build_probe(specs: list[ConvSpec]):
     return Probe().eval(), [(1, *shape) for shape in shapes]
 
 
+def kernels_by_module(probe, artifact, kernels: list[dict]) -> dict[str, dict]:
+    """The probe's timed kernels by the one conv module each was fused from (``convs.3``): the cost card's
+    kernel-to-module mapping (edgekit.measure.kernel_sources), so the table and ``edgekit profile`` agree on which
+    kernel is which layer.  Empty where the mapping cannot be traced; the caller then matches by shapes."""
+    try:
+        from edgekit.measure.cost_card import kernel_sources_for
+        from edgekit.targets import load_target
+
+        sources = kernel_sources_for(probe, load_target(artifact.target_name), artifact)[0]
+    except Exception:  # a profile not found by name, a trace the mapping cannot follow: shapes still work
+        return {}
+    found = {}
+    for k in kernels:
+        modules = [m for m in getattr(sources.get(k["name"]), "modules", []) if m.startswith("convs.")]
+        if len(modules) == 1:  # a kernel fused from one probe conv (each conv has its own input or output)
+            found.setdefault(modules[0], k)
+    return found
+
+
 def _kernel_key(data_shape, weight_shape, out_shape) -> str:
     return f"{list(data_shape)}|{list(weight_shape)}|{list(out_shape)}"
 
@@ -240,6 +259,7 @@ class LatencyTable:
             if not report.kernels:
                 raise KernelTimingUnavailable("the device's runner reports no per-kernel timing")
             self.stats["probes"] += 1
+            by_module = kernels_by_module(probe, artifact, report.kernels)  # the cost card's mapping
             by_shape = {}
             for k in report.kernels:
                 shapes_k = [a["shape"] for a in k.get("args", []) if isinstance(a, dict)]
@@ -248,7 +268,7 @@ class LatencyTable:
                     by_shape.setdefault(_kernel_key(*(sorted(x) for x in (shapes_k[0], shapes_k[1], shapes_k[-1]))), k)
             import torch
 
-            for spec, conv in zip(part, probe.convs):
+            for i, (spec, conv) in enumerate(zip(part, probe.convs)):
                 n, o, oh, ow = conv(torch.zeros(1, spec.in_ch, spec.height, spec.width)).shape
                 c, h, w = spec.in_ch, spec.height, spec.width
                 wo, wi, kh, kw = spec.weight_shape
@@ -256,12 +276,13 @@ class LatencyTable:
                            ([1, h, w, c], [kh, kw, wi, wo], [n, oh, ow, o]),  # NHWC / HWIO (edgekit's CPU layout)
                            ([1, h, w, c], [wo, kh, kw, wi], [n, oh, ow, o])]  # NHWC / OHWI
                 keys = [_kernel_key(*lay) for lay in layouts] + [_kernel_key(*(sorted(x) for x in layouts[0]))]
-                kernel = next((by_shape[k] for k in keys if k in by_shape), None)
+                kernel = by_module.get(f"convs.{i}") or next((by_shape[k] for k in keys if k in by_shape), None)
                 if kernel is None:
                     raise EdgekitError(f"the device's per-kernel timing has no kernel for {spec.signature}",
                                        hint="measure whole models instead (table_mode='whole')")
                 samples = sorted(kernel["samples_ms"])
                 self.put(spec.signature, {"source": "kernel", "kernel": kernel["name"],
+                                          "matched_by": "module" if by_module.get(f"convs.{i}") else "shape",
                                           "median_ms": kernel["median_ms"],
                                           "p90_ms": samples[min(len(samples) - 1, int(0.9 * len(samples)))],
                                           "samples_ms": kernel["samples_ms"], "probe": artifact.artifact_id})
@@ -274,6 +295,16 @@ class LatencyTable:
             raise KeyError(spec.signature)
         self.stats["hits"] += 1
         return float(entry["p90_ms" if metric == "p90" else "median_ms"])
+
+    def layer_rows(self, layers: list[tuple[str, ConvSpec]], metric: str = "median") -> list[dict[str, Any]]:
+        """A model's conv layers by module path (as the cost card names them), slowest first, with the table's
+        latency for each and the probe kernel that timed it."""
+        rows = []
+        for name, spec in layers:
+            entry = self.get(spec.signature) or {}
+            rows.append({"module": name, "signature": spec.signature, "kernel": entry.get("kernel"),
+                         "latency_ms": entry.get("p90_ms" if metric == "p90" else "median_ms")})
+        return sorted(rows, key=lambda r: -(r["latency_ms"] or 0.0))
 
     def conv_sum_ms(self, layers: list[tuple[str, ConvSpec]], metric: str = "median") -> float:
         return sum(self.layer_ms(spec, metric) for _, spec in layers)

@@ -102,6 +102,8 @@ class SearchLoop:
         residual = measured["latency_ms"] - self.latency.conv_sum(layers) if layers is not None else 0.0
         state["baseline"] = {**measured, "val_accuracy": val_acc, "test_accuracy": test_acc, "widths": original,
                              "macs": count_macs(model, self.input_shape), "params": count_params(model)}
+        if layers is not None:  # the table's per-layer latency, by module path as the cost card names them
+            state["baseline"]["layer_latency"] = self.latency.table.layer_rows(layers, c.metric)
         state["original_widths"] = original
         state["current"] = {**measured, "val_accuracy": val_acc, "widths": original, "residual_ms": residual,
                             "iteration": 0}
@@ -115,6 +117,10 @@ class SearchLoop:
             self.check_feasible(model, residual)
         self.say(f"baseline: {measured['latency_ms']:.3f} ms ({c.metric}, {measured['source']}), "
                  f"{measured['size_bytes']} bytes, val accuracy {val_acc:.4f}")
+        slowest = [r for r in state["baseline"].get("layer_latency", []) if r["latency_ms"] is not None][:3]
+        if slowest:
+            self.say("  slowest layers (latency table): " + ", ".join(f"{r['module']} {r['latency_ms']:.3f} ms"
+                                                                     for r in slowest))
         self.latency.emit("baseline", **state["baseline"])
 
     def check_feasible(self, model, residual: float) -> None:

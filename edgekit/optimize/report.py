@@ -68,6 +68,12 @@ def markdown(data: dict[str, Any]) -> str:
     lines += ["## Per-layer widths (channels per layer group)", "", "| group | baseline | chosen |", "|---|---:|---:|"]
     for name, w0 in base["widths"].items():
         lines.append(f"| `{name}` | {w0} | {ch['widths'].get(name, w0)} |")
+    layer_rows = [r for r in base.get("layer_latency", []) if r.get("latency_ms") is not None]
+    if layer_rows:
+        lines += ["", f"## Per-layer latency at baseline (device, per kernel, {metric})", "",
+                  "| module | ms | conv |", "|---|---:|---|"]
+        lines += [f"| `{r['module']}` | {r['latency_ms']:.4f} | `{r['signature'].replace('|', ' ')}` |"
+                  for r in layer_rows]
     lines += ["", "## Path taken", "",
               "| iteration | group | width | predicted ms | verified ms | source | val accuracy |",
               "|---:|---|---|---:|---:|---|---:|"]
