@@ -12,7 +12,8 @@ from edgekit.__about__ import __version__
 from edgekit.errors import EdgekitError
 
 # Each name is a module edgekit.cli.<name> with register(subparsers); its parser sets func(args) -> int.
-SUBCOMMANDS = ("targets", "compile", "run", "compress", "deploy", "device", "optimize", "tune", "compare", "profile")
+SUBCOMMANDS = ("targets", "compile", "run", "compress", "deploy", "device", "optimize", "tune", "compare", "profile",
+               "pool")
 
 log = logging.getLogger("edgekit")
 

@@ -1,0 +1,14 @@
+"""A board pool shared by several clients, on TVM's RPC tracker (issue 13).
+
+    tracker.py  `edgekit pool start` / `status`: TVM's tracker process, and its summary without importing TVM
+    join.py     `edgekit pool join`: TVM's RPC server on a board, registered with the tracker, over SSH only
+    client.py   PoolDevice: measurements on boards borrowed from the tracker's queue, lost boards retried
+    spread.py   unit-to-unit spread over identical boards; a unit that disagrees is flagged, not averaged in
+"""
+
+from edgekit.pool.client import BoardLostError, PoolDevice, measure_on_pool
+from edgekit.pool.join import BoardMembership, join_pool
+from edgekit.pool.tracker import TrackerProcess, parse_address, pool_status, start_tracker
+
+__all__ = ["BoardLostError", "BoardMembership", "PoolDevice", "TrackerProcess", "join_pool", "measure_on_pool",
+           "parse_address", "pool_status", "start_tracker"]
