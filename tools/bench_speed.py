@@ -219,7 +219,10 @@ def _tuned(name, program, shape, args, out_dir, result):
         result["tuning"] = {"trials_run": report.trials_run, "trials_ok": report.trials_ok,
                             "tuning_s": round(report.tuning_s, 1), "stopped_by": report.stopped_by,
                             "tasks": len(report.tasks),
-                            "tasks_tuned": sum(1 for t in report.tasks if t.best_us is not None)}
+                            "tasks_tuned": sum(1 for t in report.tasks if t.best_us is not None),
+                            "knob_variants": sum(k.variants for k in report.knob_search),
+                            "knob_records": sum(1 for k in report.knob_search if k.recorded),
+                            "kernel_gain_us": round(report.kernel_gain_us, 1)}
         started = time.monotonic()
         tuned = compile_model(program, "host", out_dir=out_dir, tuning="auto")
         result["compile_tuned_s"] = round(time.monotonic() - started, 1)
@@ -337,8 +340,11 @@ def markdown(doc: dict) -> str:
         parts = [f"default vs torch: relative error {acc['default_relative_error']:.1e}"]
         if "tuning" in model:
             t = model["tuning"]
-            parts.append(f"tuned: {t['trials_run']} trials ({t['trials_ok']} ok) in {t['tuning_s']:.0f} s, "
-                         f"{t['tasks_tuned']}/{t['tasks']} kernels tuned, stopped by {t['stopped_by']}, "
+            parts.append(f"tuned: knob search {t.get('knob_variants', 0)} variants, {t.get('knob_records', 0)} "
+                         f"kernels recorded; MetaSchedule {t['trials_run']} trials ({t['trials_ok']} ok); "
+                         f"{t['tuning_s']:.0f} s in all, {t['tasks_tuned']}/{t['tasks']} kernels with a record, "
+                         f"{t.get('kernels_applied', 0)} applied (gain {t.get('kernel_gain_us', 0):.0f} us of kernel "
+                         f"time), stopped by {t['stopped_by']}, "
                          f"relative error {acc.get('tuned_relative_error', float('nan')):.1e}")
         if "int8_relative_error" in acc:
             parts.append(f"int8 vs fake-quantized torch: relative error {acc['int8_relative_error']:.1e} "

@@ -4,6 +4,7 @@
     edgekit tune --model m.pt2 --target rpi4 --host pi@board --trials 200     # measured on the board
     edgekit tune ... --resume        # --trials is then the total, trials already recorded included
     edgekit tune ... --refine        # search kernels the database already has records for, too
+    edgekit tune ... --search knobs  # only edgekit's own schedule knobs: a minute or two for a 224 CNN
 
 Kernels the target's database already has (tuned for any model) are not tuned again.  The
 report gives, per kernel, the default schedule's time, the record's, and the time gained;
@@ -16,6 +17,7 @@ from __future__ import annotations
 from edgekit.cli.compile import add_model_options
 from edgekit.cli.deploy import add_connection_options, connect_kwargs
 from edgekit.cli.output import add_json_option, add_targets_dir_option, emit_json, info
+from edgekit.compile.tune import SEARCH_CHOICES
 from edgekit.errors import UsageError
 
 
@@ -30,6 +32,10 @@ def register(subparsers) -> None:
     parser.add_argument("--trials", type=int, default=64, help="candidates to measure (default: 64)")
     parser.add_argument("--time-budget-s", type=float, default=None, metavar="S",
                         help="stop after the batch that crosses S seconds of tuning")
+    parser.add_argument("--search", choices=SEARCH_CHOICES, default=SEARCH_CHOICES[0],
+                        help="knobs: every tile and loop order of edgekit's default schedules, measured; "
+                             "metaschedule: MetaSchedule's evolutionary search; knobs+metaschedule (default): "
+                             "the knob search, then MetaSchedule for what is left of --time-budget-s")
     parser.add_argument("--resume", action="store_true",
                         help="count trials already in the database towards --trials (continue an interrupted run)")
     parser.add_argument("--refine", action="store_true",
@@ -58,7 +64,7 @@ def run(args) -> int:
         remote_options = {**connect_kwargs(args), "root": args.root}
     report = tune_model(args.model, profile, trials=args.trials, time_budget_s=args.time_budget_s,
                         resume=args.resume, refine=args.refine, host=args.host[0] if args.host else None, input_shapes=shapes,
-                        frontend=args.frontend, database_path=args.database, threads=args.threads, log=info,
+                        frontend=args.frontend, database_path=args.database, threads=args.threads, search=args.search, log=info,
                         **remote_options)
     if args.json:
         emit_json(report.to_dict())

@@ -81,6 +81,7 @@ class TuningReport:
     errors: list[str] = field(default_factory=list)  # the first few distinct failures
     remote: str | None = None
     cost_model: dict[str, Any] = field(default_factory=dict)  # tuning_db.cost_model_stats
+    knob_search: list = field(default_factory=list)  # knob_search.KnobResult per kernel searched
 
     @property
     def estimated_us(self) -> float | None:
@@ -107,7 +108,8 @@ class TuningReport:
                 "estimated_kernels_us": self.estimated_us, "remote": self.remote,
                 "default_kernels_us": self.default_kernels_us, "kernel_gain_us": round(self.kernel_gain_us, 3),
                 "tasks_in_database": [t.name for t in self.tasks if t.status == "in_database"],
-                "cost_model": self.cost_model, "tasks": [t.to_dict() for t in self.tasks], "errors": self.errors}
+                "cost_model": self.cost_model, "tasks": [t.to_dict() for t in self.tasks], "errors": self.errors,
+                "knob_search": [k.to_dict() for k in self.knob_search]}
 
 
 # -------------------------------------------------------------------------------- tasks
@@ -156,6 +158,11 @@ FOCUS_SHARE = 0.9
 SECONDS_PER_BATCH = 8.0
 SECONDS_PER_CANDIDATE_CORE = 1.0
 FIRST_ROUND_SHARE = 0.3
+SEARCHES = ("knobs", "metaschedule")
+SEARCH_CHOICES = ("knobs+metaschedule", "knobs", "metaschedule")
+# MetaSchedule's search is not started on less time than this: its first batch alone (search, build,
+# measure) takes half a minute on two cores.
+MIN_SEARCH_S = 30.0
 
 
 def focus_tasks(tasks, default_us: dict[str, float | None], share: float = FOCUS_SHARE):
@@ -194,7 +201,7 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
                resume: bool = False, refine: bool = False, host: str | None = None, remote=None,
                input_shapes=None, example_inputs=None, frontend: str = "auto",
                database_path: str | Path | None = None, trials_per_iter: int | None = None,
-               threads: int | None = None, log: Callable[[str], None] | None = None,
+               threads: int | None = None, search: str = "knobs+metaschedule", log: Callable[[str], None] | None = None,
                **remote_kwargs) -> TuningReport:
     """Tune the kernels of ``model`` for ``target`` that the target's database lacks.
 
@@ -202,13 +209,17 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
     record are reported as ``in_database`` and get no trials, unless ``refine`` (search them
     again) or ``resume`` (``trials`` is then the total for this model's kernels, trials
     already recorded included, so an interrupted run picks up where it stopped).
-    ``time_budget_s`` stops the search after the batch that crosses it.  ``host`` (or an
+    ``search``: "knobs" measures the default rules' other tiles and loop orders for each kernel
+    (edgekit.compile.knob_search, a minute or two for a 224x224 CNN) and records the winners;
+    "metaschedule" is MetaSchedule's evolutionary search; "knobs+metaschedule" (the default) runs
+    the knob search first and gives MetaSchedule what is left of the budget.  ``time_budget_s`` stops the search after the batch that crosses it.  ``host`` (or an
     open ``remote`` RemoteHost) measures on that device through an SSH tunnel to a TVM RPC
     server started there; records are then filed under the device's fingerprint.
     """
     from edgekit.compile import tuning_db
     from edgekit.compile.build import check_toolchain, resolve_tvm_target
     from edgekit.compile.frontend import import_model
+    from edgekit.compile.knob_search import search_knobs
     from edgekit.compile.tune_gain import measure_default_times, measure_gains
     from edgekit.compile.tune_workers import Measurer, num_cores, worker_environment
     from edgekit.targets import load_target
@@ -221,6 +232,9 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
                            hint="GPU targets use TVM's default (DLight) schedules")
     if trials < 1:
         raise CompileError(f"--trials must be at least 1 (got {trials})")
+    searches = set(search.split("+"))
+    if not searches or not searches <= set(SEARCHES):
+        raise CompileError(f"unknown search '{search}'", hint=f"use {', '.join(SEARCH_CHOICES)}")
     if host is None and remote is None and not profile.is_native:
         raise CompileError(f"target '{profile.name}' cannot be measured on this machine",
                            hint="give --host user@board to measure candidates on the device over SSH")
@@ -263,22 +277,32 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
         model_stats: dict[str, Any] = {}
         minor: list = []
         default_us: dict[str, float | None] = {}
+        knob_results: list = []
         with worker_environment(threads):
             if to_tune and budget > 0:
                 default_us = measure_default_times(to_tune, db_path, tvm_target, measurer, say)
+                if "knobs" in searches:
+                    # Every kernel, slowest first: a kernel's variants cost seconds, not a search.
+                    deadline = None if time_budget_s is None else started + time_budget_s
+                    knob_results = search_knobs(to_tune, database, tvm_target, measurer, default_us, say, deadline)
                 to_tune, minor = focus_tasks(to_tune, default_us)
                 if minor:
-                    say(f"not tuned, together under {100 * (1 - FOCUS_SHARE):.0f}% of the kernel time: "
-                        f"{', '.join(t.task_name for t in minor)}")
-                per_iter = trials_per_iter or _trials_per_iter(budget, len(to_tune), time_budget_s,
-                                                              num_cores(tvm_target))
-                left_s = None if time_budget_s is None else max(1.0, time_budget_s - (time.monotonic() - started))
-                monitor, model_stats = _search(to_tune, tvm_target, db_path, database, budget, per_iter,
-                                               measurer, left_s, say)
+                    say(f"not searched by MetaSchedule, together under {100 * (1 - FOCUS_SHARE):.0f}% of the "
+                        f"kernel time: {', '.join(t.task_name for t in minor)}")
+                left_s = None if time_budget_s is None else time_budget_s - (time.monotonic() - started)
+                if "metaschedule" not in searches:
+                    pass
+                elif left_s is None or left_s >= MIN_SEARCH_S:
+                    per_iter = trials_per_iter or _trials_per_iter(budget, len(to_tune), left_s,
+                                                                  num_cores(tvm_target))
+                    monitor, model_stats = _search(to_tune, tvm_target, db_path, database, budget, per_iter,
+                                                   measurer, left_s, say)
+                else:
+                    say(f"no time left for MetaSchedule's search ({max(left_s, 0):.0f} s of the budget)")
             elapsed = time.monotonic() - started
             gains = measure_gains(tasks, db_path, tvm_target, measurer, say)
         if monitor is None:
-            stopped = "nothing_to_do"
+            stopped = "time_budget" if knob_results else "nothing_to_do"
         elif monitor.out_of_time:
             stopped = "time_budget"
         else:
@@ -288,6 +312,7 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
         report = _report(profile, fingerprint, db_path, tuning_db.open_database(db_path), tasks, to_tune,
                          in_database, {t.task_name for t in minor}, default_us, monitor, gains, trials, elapsed,
                          stopped, session, model_stats)
+        report.knob_search = knob_results
         say(f"tuning done: {report.trials_run} trials ({report.trials_ok} ok) in {elapsed:.0f} s, stopped by "
             f"{stopped}; the records save {report.kernel_gain_us:.1f} us per inference over the default schedules")
         return report

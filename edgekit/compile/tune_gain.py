@@ -88,6 +88,13 @@ def measure_default_times(tasks, db_path: Path, tvm_target, measurer, say) -> di
     return {name: times.get(key) for name, key in keys.items()}
 
 
+def measure_modules(mods: dict, tvm_target, measurer) -> tuple[dict, dict]:
+    """(times in us, errors) of every module of ``mods`` (key -> scheduled one-kernel module), in one batch."""
+    times, errors = {}, {}
+    _measure(mods, tvm_target, measurer, times, errors)
+    return times, errors
+
+
 def _measure(mods: dict, tvm_target, measurer, times: dict, errors: dict) -> None:
     """Build and run every module of ``mods`` (key -> module) in one batch; fills ``times`` (us) and ``errors``."""
     import_tvm()

@@ -115,6 +115,25 @@ class Tile:
     tw: int        # output columns per register tile
 
 
+def channel_lanes(kernel: ConvKernel, cpu, *, depthwise: bool) -> int:
+    """Vector lanes over output channels: see choose_tile."""
+    oc_group = kernel.out_channels // (1 if depthwise else kernel.groups)
+    lanes = largest_divisor(oc_group, cpu.f32_lanes)
+    if lanes < 4:
+        lanes = max(d for d in range(1, cpu.f32_lanes + 1) if oc_group % d == 0)
+    return lanes
+
+
+def valid_tiles(kernel: ConvKernel, cpu, *, depthwise: bool) -> list[Tile]:
+    """Every register tile the schedule can take for this kernel (the knob search's space)."""
+    ow = kernel.spatial[-2]
+    lanes = channel_lanes(kernel, cpu, depthwise=depthwise)
+    vectors = kernel.out_channels // (1 if depthwise else kernel.groups) // lanes
+    budget = register_budget(cpu)
+    return [Tile(lanes, ct, tw) for ct in (1, 2, 3, 4) for tw in (1, 2, 3, 4, 5, 6, 7, 8)
+            if not vectors % ct and not ow % tw and tw * ct <= budget and not (depthwise and ct > 2)]
+
+
 def choose_tile(kernel: ConvKernel, cpu, *, depthwise: bool) -> Tile:
     """The register tile: maximize FMAs per load (tw*ct / (tw+ct)) within the register file.
 
@@ -124,36 +143,30 @@ def choose_tile(kernel: ConvKernel, cpu, *, depthwise: bool) -> Tile:
     vector of any length that divides it (45 = 3 x 15): LLVM splits a 15-lane vector into native
     ones, and the 45-channel conv ran 6x slower as the scalar loop a 1-lane tile is.
     """
-    ow = kernel.spatial[-2]
-    oc_group = kernel.out_channels // (1 if depthwise else kernel.groups)
-    lanes = largest_divisor(oc_group, cpu.f32_lanes)
-    if lanes < 4:
-        lanes = max(d for d in range(1, cpu.f32_lanes + 1) if oc_group % d == 0)
-    vectors = oc_group // lanes
-    budget = register_budget(cpu)
-    best, best_score = Tile(lanes, 1, 1), -1.0
-    for ct in (1, 2, 3, 4):
-        if vectors % ct:
-            continue
-        for tw in (1, 2, 3, 4, 5, 6, 7, 8):
-            if ow % tw or tw * ct > budget:
-                continue
-            # Depthwise: no reuse of the input across channels, so only tw counts (the weight
-            # vector is shared across the tw columns); keep 1-2 channel vectors per tile.
-            score = tw / (1 + 1 / ct) if depthwise else tw * ct / (tw + ct)
-            if depthwise and ct > 2:
-                continue
-            # Ties go to the probe's shape (ct = 2, tw = 4).
-            score += 0.01 * (ct == 2) + 0.005 * (tw == 4)
-            if score > best_score:
-                best, best_score = Tile(lanes, ct, tw), score
+    best, best_score = Tile(channel_lanes(kernel, cpu, depthwise=depthwise), 1, 1), -1.0
+    for tile in valid_tiles(kernel, cpu, depthwise=depthwise):
+        ct, tw = tile.ct, tile.tw
+        # Depthwise: no reuse of the input across channels, so only tw counts (the weight
+        # vector is shared across the tw columns); keep 1-2 channel vectors per tile.
+        score = tw / (1 + 1 / ct) if depthwise else tw * ct / (tw + ct)
+        # Ties go to the probe's shape (ct = 2, tw = 4).
+        score += 0.01 * (ct == 2) + 0.005 * (tw == 4)
+        if score > best_score:
+            best, best_score = tile, score
     return best
 
 
-def schedule_conv(kernel: ConvKernel, cpu, *, depthwise: bool):
-    """Apply the register-tiled schedule; raises on a shape the primitives refuse (callers catch)."""
+def schedule_conv(kernel: ConvKernel, cpu, *, depthwise: bool, tile: Tile | None = None,
+                  weights_outer: bool | None = None, ic_unroll: int = 1):
+    """Apply the register-tiled schedule; raises on a shape the primitives refuse (callers catch).
+
+    ``tile``, ``weights_outer`` and ``ic_unroll`` (input channels per straight-line step of the
+    reduction) are the schedule's knobs: left as they are, the rule's own choice (what a build
+    without tuning records ships); the knob search (edgekit.compile.knob_search) tries others
+    and keeps a measured winner as a tuning record.
+    """
     sch, conv = kernel.sch, kernel.conv.rv
-    tile = choose_tile(kernel, cpu, depthwise=depthwise)
+    tile = tile or choose_tile(kernel, cpu, depthwise=depthwise)
 
     if kernel.epilogue:
         if not inline_into_last(sch, kernel.epilogue):
@@ -173,9 +186,14 @@ def schedule_conv(kernel: ConvKernel, cpu, *, depthwise: bool):
     # Weights that outweigh the input (1x1 and deep 3x3 convs at 7x7/14x14: ResNet-18's last stage
     # has 9.4 MB of weights for a 100 KB input) are streamed once with oc_o outermost; otherwise
     # rows outermost keep the padded input rows hot while all output channels are computed.
-    weights_outer = kernel.weight_bytes > kernel.input_bytes and not depthwise
+    if weights_outer is None:
+        weights_outer = default_weights_outer(kernel, depthwise=depthwise)
     outer = [oc_o, n, *rows, ow_o] if weights_outer else [n, *rows, ow_o, oc_o]
     inner = [ow_i, oc_t, oc_v]
+    if ic_unroll > 1 and not depthwise and kernel.reduce[-1] % ic_unroll == 0:
+        ic_o, ic_i = sch.split(rd[-1], [None, ic_unroll])
+        rd, inner = [*rd[:-1], ic_o], [ic_i, *inner]
+        sch.unroll(ic_i)
     sch.reorder(*outer, *rd, *inner)
     sch.reverse_compute_at(out, outer[-1], preserve_unit_loops=True)
 
@@ -213,6 +231,10 @@ def schedule_conv(kernel: ConvKernel, cpu, *, depthwise: bool):
     if kernel.tail and not _schedule_tail(sch, kernel.tail, cpu):
         return None
     return sch
+
+
+def default_weights_outer(kernel: ConvKernel, *, depthwise: bool) -> bool:
+    return kernel.weight_bytes > kernel.input_bytes and not depthwise
 
 
 def _schedule_tail(sch, tail, cpu) -> bool:
