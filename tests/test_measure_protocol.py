@@ -72,6 +72,10 @@ def ssh_args(device) -> list[str]:
             "--no-agent"]
 
 
+# The CLI's default stopping rule off: exactly the profile's 7 samples (the rule's own tests are below)
+EXACT = ["--ci-target", "0"]
+
+
 def assert_seven_on_two(report: dict) -> None:
     assert len(report["samples_ms"]) == 7 and report["stats"]["count"] == 7
     assert report["threads"] == 2 and report["warmup"] == 2
@@ -85,14 +89,14 @@ def test_the_profile_protocol_is_written_into_the_manifest(user_artifact):
 
 def test_a_user_profile_gives_7_samples_on_2_threads_locally(user_profile, model_file, tmp_path, capsys):
     code = main(["run", "--model", str(model_file), "--target", "my-host", "--targets-dir", str(user_profile),
-                 "-o", str(tmp_path), "--json"])
+                 "-o", str(tmp_path), *EXACT, "--json"])
     assert code == 0
     assert_seven_on_two(json.loads(capsys.readouterr().out))
 
 
 def test_the_artifact_keeps_its_protocol_without_the_profile(user_artifact, capsys):
     # no --targets-dir: "my-host" is unknown here, and the manifest still says how to measure
-    assert main(["run", "--artifact", str(user_artifact.path), "--json"]) == 0
+    assert main(["run", "--artifact", str(user_artifact.path), *EXACT, "--json"]) == 0
     assert_seven_on_two(json.loads(capsys.readouterr().out))
 
 
@@ -105,10 +109,37 @@ def test_flags_override_the_protocol_and_keep_the_rest(user_artifact, capsys):
 
 
 def test_a_user_profile_gives_7_samples_on_2_threads_over_ssh(device, user_artifact, capsys):
-    assert main(["deploy", "--artifact", str(user_artifact.path), *ssh_args(device), "--json"]) == 0
+    assert main(["deploy", "--artifact", str(user_artifact.path), *ssh_args(device), *EXACT, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)["devices"][0]
     assert result["ok"], result["error"]
     assert_seven_on_two(result["report"])
+
+
+def test_the_cli_measures_until_the_interval_is_within_2_percent_by_default(user_artifact, capsys):
+    assert main(["run", "--artifact", str(user_artifact.path), "--time-cap", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    stop = report["stopping"]
+    assert stop["rule"] == "ci" and stop["ci_target_ratio"] == 0.02 and stop["time_cap_s"] == 3
+    assert stop["reason"] in ("ci_reached", "time_cap") and len(report["samples_ms"]) >= 7  # repeats: the minimum
+    if stop["reason"] == "ci_reached":
+        assert report["stats"]["ci_half_width_ratio"] <= 0.02
+
+
+def test_repeats_without_ci_target_on_the_cli_is_exactly_that_many(user_artifact, capsys):
+    assert main(["run", "--artifact", str(user_artifact.path), "--repeats", "4", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["samples_ms"]) == 4 and report["stopping"]["rule"] == "fixed"
+
+
+def test_the_cli_stopping_rule_yields_to_the_user_and_the_profile():
+    from edgekit.measure.protocol import CLI_CI_TARGET_RATIO, cli_stopping_rule
+
+    plain = MeasureProtocol()
+    assert cli_stopping_rule({}, plain) == {"ci_target_ratio": CLI_CI_TARGET_RATIO} and CLI_CI_TARGET_RATIO == 0.02
+    assert cli_stopping_rule({"threads": 2}, plain) == {"threads": 2, "ci_target_ratio": 0.02}
+    assert cli_stopping_rule({"repeats": 9}, plain) == {"repeats": 9}  # a count the user fixed is kept exact
+    assert cli_stopping_rule({"ci_target_ratio": 0.0}, plain) == {"ci_target_ratio": 0.0}  # --ci-target 0: off
+    assert cli_stopping_rule({}, MeasureProtocol(ci_target_ratio=0.05)) == {}  # the profile's own rule stands
 
 
 def test_measure_latency_here_returns_per_kernel_times(user_artifact):

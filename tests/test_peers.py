@@ -120,3 +120,17 @@ def test_device_setup_install_names_what_it_can_install(device, capsys):
     argv = ["device", "setup", "--target", "host", *ssh_args(device), "--install", "runtime,tflite"]
     assert main(argv) == 2
     assert "--install: unknown 'tflite'" in capsys.readouterr().err
+
+
+def test_a_peer_wheel_fits_the_device_by_machine_python_and_glibc(tmp_path):
+    from edgekit.deploy.peer_setup import find_peer_wheel, wheel_fits
+
+    wheel = tmp_path / "onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_aarch64.whl"
+    assert wheel_fits(wheel, "aarch64", "3.11.2", "2.36")
+    assert not wheel_fits(wheel, "aarch64", "3.11.2", "2.27")  # a board older than the wheel's glibc floor
+    assert not wheel_fits(wheel, "x86_64", "3.11.2", "2.36") and not wheel_fits(wheel, "aarch64", "3.12.1", "2.36")
+    wheel.write_bytes(b"")
+    (tmp_path / "onnxruntime-1.20.0-cp311-cp311-manylinux_2_27_aarch64.whl").write_bytes(b"")
+    assert find_peer_wheel("onnxruntime", "aarch64", "3.11.2", "2.36", wheels_dir=tmp_path) == wheel
+    with pytest.raises(Exception, match="no onnxruntime wheel for aarch64 / CPython 3.11 / glibc 2.26"):
+        find_peer_wheel("onnxruntime", "aarch64", "3.11.2", "2.26", wheels_dir=tmp_path)

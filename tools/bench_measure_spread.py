@@ -3,8 +3,9 @@
 
 Compiles the zoo CNN for this machine and measures it N times (each a separate runner, as every `edgekit run`
 is) two ways: the fixed protocol (warm-up 10, 50 samples, settling off: what measurements were before issue 12)
-and the protocol with error bars (warm-up until the timings settle, then samples until the median's 95% interval
-is within --ci-target of it either side, or --time-cap).  For each: per-run CV and interval half-width, and the
+the protocol with error bars (warm-up until the timings settle, then samples until the median's 95% interval
+is within --ci-target of it either side, or --time-cap), and what `edgekit run` does with no measurement flag
+(the host profile's repeats, then the CLI's default rule: 2%, the profile's time cap).  For each: per-run CV and interval half-width, and the
 spread of the N medians.  Writes JSON and a markdown table.  Target from issue 12: half-width under 2% of the
 median on a quiet machine.
 
@@ -35,10 +36,17 @@ def main() -> int:
     from edgekit.compile import compile_model
     from edgekit.run import run_artifact
 
+    from edgekit.measure.protocol import cli_stopping_rule
+    from edgekit.targets import load_target
+
+    host = load_target("host").measure  # what `edgekit run` uses when given no measurement flag
     protocols = {
         "fixed (before)": dict(warmup=10, repeats=50),
         "with the stopping rule": dict(warmup=10, repeats=50, ci_target_ratio=args.ci_target,
                                        time_cap_s=args.time_cap),
+        "edgekit run's default (host profile + CLI rule)": {
+            **{f: getattr(host, f) for f in ("warmup", "repeats", "threads", "time_cap_s")},
+            **cli_stopping_rule({}, host)},
     }
     with tempfile.TemporaryDirectory() as tmp:
         artifact = compile_model(args.model, "host", out_dir=tmp)

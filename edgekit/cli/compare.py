@@ -43,12 +43,13 @@ def run(args) -> int:
 
 def _artifacts(args, rounds) -> int:
     from edgekit.measure.compare import compare_artifacts
+    from edgekit.measure.protocol import cli_stopping_rule
     from edgekit.measure.stats import format_interval
 
     a, b = (artifact_from_arg(p) for p in args.artifacts)
     with progress(f"comparing {a.artifact_id} and {b.artifact_id} in {rounds} interleaved rounds"):
         result = compare_artifacts(a, b, args.host, rounds=rounds, connect=connect_kwargs(args),
-                                   **measure_overrides(args))
+                                   **cli_stopping_rule(measure_overrides(args), a.measure_protocol))
     if args.json:
         emit_json(result)
         return 0
@@ -63,6 +64,7 @@ def _artifacts(args, rounds) -> int:
 
 def _peers(args, rounds) -> int:
     from edgekit.measure.peers import compare_with_peers
+    from edgekit.measure.protocol import cli_stopping_rule
     from edgekit.targets import load_target
 
     peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
@@ -71,7 +73,7 @@ def _peers(args, rounds) -> int:
         result = compare_with_peers(args.model, profile, args.host, peers=peers, rounds=rounds,
                                     input_shapes=input_shapes(args), connect=connect_kwargs(args) if args.host else None,
                                     root=args.root, out_dir=args.out_dir, emulated=args.emulated,
-                                    **measure_overrides(args))
+                                    **cli_stopping_rule(measure_overrides(args), profile.measure))
     if args.json:
         emit_json(result)
         return 0

@@ -68,8 +68,11 @@ def run(args) -> int:
         if args.target and artifact.target_name != args.target and not args.target.endswith(".toml"):
             raise UsageError(f"artifact {artifact.artifact_id} is compiled for '{artifact.target_name}', "
                              f"not '{args.target}'")
+        from edgekit.measure.protocol import cli_stopping_rule  # the default stopping rule (issue 12)
+
         measure = artifact.measure_protocol.with_overrides(
-            **measure_overrides(args), kernels=args.kernels, time_limit_s=args.time_limit, check_only=args.no_run)
+            **cli_stopping_rule(measure_overrides(args), artifact.measure_protocol), kernels=args.kernels,
+            time_limit_s=args.time_limit, check_only=args.no_run)
     fleet = deploy_model(artifact, hosts=args.host, inventory=args.inventory, measure=measure, root=args.root,
                          keep=args.keep, max_workers=args.jobs, lock_wait_s=args.lock_wait,
                          rollback=args.rollback, connect=connect_kwargs(args), log=info)

@@ -132,7 +132,8 @@ def add_measure_options(parser, *, kernels: bool = False) -> None:
                         help="threads the model runs with (default: the profile's)")
     parser.add_argument("--ci-target", type=_fraction("--ci-target"), default=None, metavar="R",
                         help="stopping rule: keep timing past --repeats until the median's 95%% interval is within "
-                             "R of it either side (e.g. 0.02), or --time-cap passes (default: the profile's; off)")
+                             "R of it either side, or --time-cap passes (default: 0.02, or the profile's; with --repeats "
+                             "and no --ci-target: off, exactly that many samples; 0: off)")
     parser.add_argument("--time-cap", type=_seconds("--time-cap"), default=None, metavar="S",
                         help="seconds of timing the stopping rule may spend (default: 10)")
     parser.add_argument("--cpus", type=_cpu_list, default=None, metavar="0,1",
@@ -229,3 +230,29 @@ def search_options(args) -> dict:
     """SearchConfig keyword arguments from the flags add_search_options declared."""
     options = {name: getattr(args, name) for name in SEARCH_FLAGS}
     return {**options, "exclude": tuple(args.exclude), "quantize": args.quantize}
+
+
+# ---------------------------------------------------------------- the board pool (issue 13)
+
+
+def add_pool_options(parser) -> None:
+    """--pool/--key: borrow boards from a pool's tracker (`edgekit pool start`) instead of one --host."""
+    parser.add_argument("--pool", metavar="HOST:PORT", help="measure on boards borrowed from this pool's tracker")
+    parser.add_argument("--key", metavar="KEY", help="device key of the boards to borrow (default: the target's name)")
+
+
+def pool_device(args, target_name: str, **kwargs):
+    """The ``PoolDevice`` that --pool/--key name, or None without --pool."""
+    if not getattr(args, "pool", None):
+        if getattr(args, "key", None):
+            from edgekit.errors import UsageError
+
+            raise UsageError("--key names boards of a pool: give --pool HOST:PORT too")
+        return None
+    if getattr(args, "host", None):
+        from edgekit.errors import UsageError
+
+        raise UsageError("give --pool or --host, not both", hint="--pool borrows a board; --host names one")
+    from edgekit.pool.client import PoolDevice
+
+    return PoolDevice(args.pool, args.key or target_name, **kwargs)

@@ -26,12 +26,13 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from edgekit.errors import UsageError
     from edgekit.measure.cost_card import profile_model
+    from edgekit.measure.protocol import cli_stopping_rule
     from edgekit.targets import load_target
 
     if args.kernel_repeats is not None and args.kernel_repeats < 1:
         raise UsageError(f"--kernel-repeats must be at least 1, got {args.kernel_repeats}")
     profile = load_target(args.target, args.targets_dir)
-    measure = measure_overrides(args)
+    measure = cli_stopping_rule(measure_overrides(args), profile.measure)
     if args.kernel_repeats is not None:
         measure["kernel_repeats"] = args.kernel_repeats
     with progress(f"profiling on {args.host or 'this machine'}"):

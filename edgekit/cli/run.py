@@ -30,6 +30,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from edgekit.errors import UsageError
+    from edgekit.measure.protocol import cli_stopping_rule
     from edgekit.run import run_artifact
 
     if args.compare and not args.model:
@@ -41,7 +42,8 @@ def run(args) -> int:
     else:
         artifact = artifact_from_arg(args.artifact)
     with progress(f"running {artifact.artifact_id} here"):
-        report = run_artifact(artifact, **measure_overrides(args), kernels=args.kernels or None)
+        report = run_artifact(artifact, **cli_stopping_rule(measure_overrides(args), artifact.measure_protocol),
+                              kernels=args.kernels or None)
     if args.kernels and args.model:  # the model is at hand: name each kernel's modules
         from edgekit.measure.cost_card import annotate_kernels, kernel_sources_for
         from edgekit.targets import load_target
@@ -75,9 +77,11 @@ def run(args) -> int:
 def _compare(args, artifact) -> dict:
     from edgekit.measure.compare import DEFAULT_ROUNDS
     from edgekit.measure.peers import compare_with_peers
+    from edgekit.measure.protocol import cli_stopping_rule
 
     peers = tuple(p.strip() for p in args.compare.split(",") if p.strip())
     rounds = DEFAULT_ROUNDS if args.rounds is None else args.rounds
     with progress(f"edgekit vs {', '.join(peers)} here, {rounds} interleaved rounds"):
         return compare_with_peers(args.model, artifact.target_name, None, peers=peers, rounds=rounds,
-                                  artifact=artifact, **measure_overrides(args))
+                                  artifact=artifact, **cli_stopping_rule(measure_overrides(args),
+                                                                         artifact.measure_protocol))
