@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from edgekit.cli.data_options import add_data_options, image_options
-from edgekit.cli.options import (MODEL_HELP, add_json_option, add_search_options, add_ssh_options, connect_kwargs,
-                                 search_options)
+from edgekit.cli.options import (MODEL_HELP, add_json_option, add_pool_options, add_search_options, add_ssh_options,
+                                 connect_kwargs, pool_device, search_options)
 from edgekit.cli.output import emit_json, info
 
 
@@ -32,6 +32,7 @@ def register(subparsers) -> None:
     where = parser.add_argument_group("device")
     where.add_argument("--target", default=SearchConfig.target, help="target profile (default: %(default)s)")
     add_ssh_options(where, several=False, host_required=False, root=False)
+    add_pool_options(where)  # --pool/--key: boards borrowed from the pool, each measurement's rounds at once
     where.add_argument("--threads", type=int, default=None,
                        help="threads the model runs with on the device (default: optimize_model's, 1)")
     where.add_argument("--proxy", action="store_true",
@@ -72,6 +73,7 @@ def run(args) -> int:
             size_budget_bytes=args.size_budget_bytes, memory_budget_mb=args.memory_budget_mb,
             accuracy_floor=args.accuracy_floor, target=args.target,
             host=args.host, connect=connect_kwargs(args) if args.host else None, run_dir=args.run_dir,
+            device=pool_device(args, args.target, threads=args.threads, say=info),
             proxy=args.proxy, accuracy_metric=args.accuracy_metric, image_options=image_options(args),
             **search_options(args), **common)
     if args.json:

@@ -95,11 +95,16 @@ class LatencyOracle:
         estimate of the device's own latency; on a dedicated board the rounds agree and this changes nothing.
         Every round's median is recorded.  Per-kernel times: each kernel's lowest median over the rounds.
         """
-        reports = [self.device.measure(artifact, kernels=kernels, warmup=self.config.warmup,
-                                       repeats=self.config.repeats, kernel_repeats=self.config.kernel_repeats)
-                   for _ in range(max(1, self.config.measure_rounds))]
+        settings = dict(kernels=kernels, warmup=self.config.warmup, repeats=self.config.repeats,
+                        kernel_repeats=self.config.kernel_repeats)
+        if hasattr(self.device, "measure_rounds"):  # a board pool: the rounds at once, on several identical boards
+            reports = self.device.measure_rounds(artifact, max(1, self.config.measure_rounds), **settings)
+        else:
+            reports = [self.device.measure(artifact, **settings) for _ in range(max(1, self.config.measure_rounds))]
         report = min(reports, key=lambda r: r.stats["median_ms"])
         report.stats["round_medians_ms"] = [r.stats["median_ms"] for r in reports]
+        if hasattr(self.device, "measure_rounds"):
+            report.stats["round_units"] = [r.device.get("pool_unit") for r in reports]  # which board measured each
         if kernels and len(reports) > 1:
             best: dict[str, dict] = {}
             for r in reports:
@@ -145,6 +150,7 @@ class LatencyOracle:
         report = self.device_measure(artifact)
         entry = {"source": "model", "median_ms": report.stats["median_ms"], "p90_ms": report.stats["p90_ms"],
                  "round_medians_ms": report.stats.get("round_medians_ms"),
+                 **{k: report.stats[k] for k in ("round_units", "unit_spread") if k in report.stats},  # pool
                  "samples_ms": report.samples_ms, "size_bytes": artifact.size_bytes,
                  "artifact_id": artifact.artifact_id, **measured_extras(report, artifact)}
         if self.config.memory_budget_mb is not None and entry["model_memory_bytes"] is None:

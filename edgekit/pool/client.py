@@ -59,7 +59,7 @@ class PoolDevice(Device):
 
     kind = "pool"
 
-    def __init__(self, address: str, key: str, *, threads: int = 1, runner_path: Path | None = None,
+    def __init__(self, address: str, key: str, *, threads: int | None = None, runner_path: Path | None = None,
                  env: dict[str, str] | None = None, queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
                  tolerance_ratio: float = DEFAULT_TOLERANCE_RATIO, say: Callable[[str], None] | None = None,
                  client: str = "edgekit"):
@@ -159,21 +159,22 @@ class PoolDevice(Device):
                 self.say(f"pool: {str(exc).splitlines()[0]}; the board is dropped and the measurement retried on another board")
         raise AssertionError("unreachable")
 
-    def _protocol(self, artifact, *, kernels, warmup, repeats, kernel_repeats):
-        return artifact.measure_protocol.with_overrides(warmup=warmup, repeats=repeats, threads=self.threads,
-                                                        kernels=kernels, kernel_repeats=kernel_repeats)
+    def _protocol(self, artifact, **overrides):
+        """The artifact's protocol with what is given (None: the profile's); ``threads`` from this device."""
+        return artifact.measure_protocol.with_overrides(**{"threads": self.threads, **overrides})
 
-    def measure(self, artifact, *, kernels=False, warmup=5, repeats=50, kernel_repeats=10):
+    def measure(self, artifact, *, kernels=False, warmup=None, repeats=None, kernel_repeats=None, **overrides):
+        """One measurement on a board of the key (``overrides``: other MeasureProtocol fields, e.g. ci_target_ratio)."""
         if not isinstance(artifact, CompiledArtifact):
             artifact = CompiledArtifact.open(artifact)
         protocol = self._protocol(artifact, kernels=kernels, warmup=warmup, repeats=repeats,
-                                  kernel_repeats=kernel_repeats)
+                                  kernel_repeats=kernel_repeats, **overrides)
         return self._measure_retrying(artifact, protocol)
 
     # -- several rounds on several boards at once ------------------------------------------------------------
 
-    def measure_rounds(self, artifact, rounds: int, *, kernels=False, warmup=5, repeats=50,
-                       kernel_repeats=10) -> list[LatencyReport]:
+    def measure_rounds(self, artifact, rounds: int, *, kernels=False, warmup=None, repeats=None,
+                       kernel_repeats=None) -> list[LatencyReport]:
         """``rounds`` measurements at once, each on whichever board the tracker hands out; flagged units dropped.
 
         Each round runs in a worker process of its own: TVM's RPC client holds the GIL while it waits on
@@ -229,8 +230,12 @@ class PoolDevice(Device):
 
         if self._pool is None or self._pool_size < n:
             self.close()
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=n, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+            context = multiprocessing.get_context("spawn")
+            # All n workers up before any takes a round: else the first one up could take two rounds in a row
+            # while a board stays idle.
+            barrier = context.Barrier(n)
+            self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=n, mp_context=context,
+                                                                initializer=_worker_init, initargs=(barrier,))
             self._pool_size = n
         return self._pool
 
@@ -254,10 +259,18 @@ class PoolDevice(Device):
                     "flagged": sorted({u for s in self.spreads for u in s["flagged"]})}
 
 
-def _worker_init() -> None:
+def _worker_init(barrier) -> None:
     import sys
+    from threading import BrokenBarrierError
 
     sys.modules.setdefault("torch", None)  # `import tvm` would import torch (seconds): a worker needs none
+    from edgekit.compile.tvm_env import import_tvm
+
+    import_tvm()
+    try:
+        barrier.wait(timeout=120)
+    except BrokenBarrierError:
+        pass  # fewer workers started than asked for: go on, the rounds are served all the same
 
 
 def _measure_in_worker(address, key, runner_path, env, queue_timeout_s, artifact_path, protocol_dict):

@@ -59,3 +59,53 @@ def join_board(device, tracker: str, *, target: str = "host", key: str | None = 
                            + log_path.read_text(errors="replace")[-2000:])
     _, unit_name, _, address = line.split()
     return JoinedBoard(device, process, unit_name, address, log_path)
+
+
+def wait_until_busy(devices, timeout_s: float = 60.0):
+    """The first device found running a measurement (its runner process), or None within ``timeout_s``."""
+    from edgekit.testing.sshd import device_processes
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for device in devices:
+            if any("runner.py" in cmd for cmd in device_processes(device)):
+                return device
+        time.sleep(0.05)
+    return None
+
+
+def client_main(argv=None) -> int:
+    """A pool client as its own process: N measurements of one artifact, then a JSON line of what happened.
+
+        python -m edgekit.testing.pool_boards POOL KEY ARTIFACT_DIR N [--slow-kernels JSON] [--repeats R]
+
+    What it says about lost boards goes to stderr, as the CLI's log does.
+    """
+    import argparse
+    import json
+
+    from edgekit.optimize.devices import SLOW_RUNNER_PATH
+    from edgekit.pool.client import PoolDevice
+    from edgekit.testing.slow_runner import SLOW_ENV
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("pool")
+    parser.add_argument("key")
+    parser.add_argument("artifact")
+    parser.add_argument("count", type=int)
+    parser.add_argument("--slow-kernels", default=None)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args(argv)
+    slow = {"runner_path": SLOW_RUNNER_PATH, "env": {SLOW_ENV: args.slow_kernels}} if args.slow_kernels else {}
+    device = PoolDevice(args.pool, args.key, say=lambda m: print(m, file=sys.stderr, flush=True), **slow)
+    done = []
+    for _ in range(args.count):
+        report = device.measure(args.artifact, warmup=2, repeats=args.repeats)
+        done.append({"unit": report.device["pool_unit"], "median_ms": report.stats["median_ms"],
+                     "outputs_match": report.output_check["passed"], "at": time.time()})
+    print(json.dumps({"measurements": done, "lost": device.lost_units}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(client_main())

@@ -1,0 +1,196 @@
+"""The board pool (issue 13): TVM's real RPC tracker, real RPC servers on real local OpenSSH devices.
+
+Every board is joined by `edgekit pool join` in its own process, with only SSH between it and the host; the
+clients borrow boards from the tracker.  Measurements that must last long enough to be interrupted use the
+slow-kernel runner (edgekit/testing/slow_runner.py): a kernel that really sleeps 20 ms a call.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+SLOW_TINY_CONV = json.dumps([{"weight_shape": [4, 1, 3, 3], "sleep_ms": 20}])  # conftest's tiny CNN's conv
+
+
+@pytest.fixture
+def tracker():
+    from edgekit.pool import start_tracker
+
+    with start_tracker() as running:
+        yield running
+
+
+def _wait_for(predicate, timeout_s: float = 20.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    return predicate()
+
+
+def _processes_left(devices):
+    from edgekit.testing.sshd import device_processes
+
+    return {d.host_spec: device_processes(d) for d in devices if device_processes(d)}
+
+
+@pytest.mark.slow
+def test_two_clients_share_three_boards_and_finish_when_one_dies_mid_measurement(
+        make_device, tracker, host_artifact, tmp_path):
+    from edgekit.pool import pool_status
+    from edgekit.testing.pool_boards import join_board, wait_until_busy
+
+    devices = [make_device() for _ in range(3)]
+    boards = [join_board(d, tracker.address, log_dir=tmp_path) for d in devices]
+    status = pool_status(tracker.address)
+    assert sorted(status["keys"]["host"]["boards"]) == sorted(b.address for b in boards), status
+    assert status["keys"]["host"]["free"] == 3
+
+    count = 6
+    client_logs = [tmp_path / f"client{i}.log" for i in range(2)]
+    clients = [subprocess.Popen([sys.executable, "-m", "edgekit.testing.pool_boards", tracker.address, "host",
+                                 str(host_artifact.path), str(count), "--slow-kernels", SLOW_TINY_CONV],
+                                stdout=subprocess.PIPE, stderr=open(log, "wb")) for log in client_logs]
+    victim_device = wait_until_busy(devices)
+    assert victim_device is not None, "no board started measuring"
+    victim = next(b for b in boards if b.device is victim_device)
+    victim_device.stop()  # the board dies: its sshd, the RPC server and the runner it was running, all at once
+    killed_at = time.time()
+
+    results = []
+    for client, log in zip(clients, client_logs):
+        out, _ = client.communicate(timeout=300)
+        assert client.returncode == 0, log.read_text()[-3000:]
+        results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    for result in results:  # every request served, each with its outputs checked on the board
+        assert len(result["measurements"]) == count
+        assert all(m["outputs_match"] for m in result["measurements"])
+        assert {m["unit"] for m in result["measurements"]} <= {b.unit for b in boards}
+        late = [m for m in result["measurements"] if m["at"] > killed_at + 1.0]
+        assert all(m["unit"] != victim.unit for m in late), "a dead board cannot have measured after its death"
+    lost = [entry for r in results for entry in r["lost"]]
+    assert [entry["unit"] for entry in lost] == [victim.unit], lost  # the one loss, reported by its client
+    logs = "".join(log.read_text() for log in client_logs)
+    assert "retried on another board" in logs and victim.unit in logs
+    assert {m["unit"] for r in results for m in r["measurements"]} >= {b.unit for b in boards if b is not victim}
+
+    assert victim.process.wait(timeout=30) == 25, victim.log()  # `pool join` says its board left (ConnectionLost)
+    assert "left the pool" in victim.log()
+    assert _wait_for(lambda: victim.address not in pool_status(tracker.address)["keys"]["host"]["boards"])
+    for board in boards:
+        board.leave()
+    survivors = [b for b in boards if b is not victim]
+    assert all(b.process.returncode == 0 for b in survivors), [b.log()[-1000:] for b in survivors]
+    assert _wait_for(lambda: not _processes_left(devices)), _processes_left(devices)
+    assert _wait_for(lambda: pool_status(tracker.address)["keys"]["host"]["boards"] == [])
+
+
+@pytest.mark.slow
+def test_a_measurement_through_the_pool_agrees_with_a_direct_ssh_deploy(make_device, tracker, two_conv_artifact,
+                                                                       tmp_path):
+    from edgekit.optimize.devices import SshDevice
+    from edgekit.pool import PoolDevice
+    from edgekit.testing.pool_boards import join_board
+
+    device = make_device()
+    board = join_board(device, tracker.address, log_dir=tmp_path)
+    pooled, direct = PoolDevice(tracker.address, "host"), SshDevice(device.host_spec, connect=device.connect_kwargs())
+    try:
+        rounds = {"pool": [], "direct": []}
+        for _ in range(3):  # alternating, so that drift of the shared machine hits both alike
+            rounds["pool"].append(pooled.measure(two_conv_artifact, warmup=10, repeats=40))
+            rounds["direct"].append(direct.measure(two_conv_artifact, warmup=10, repeats=40))
+    finally:
+        direct.close()
+        board.leave()
+    assert all(r.output_check["passed"] for rs in rounds.values() for r in rs)
+    assert all(r.device["pool_unit"] == board.unit for r in rounds["pool"])
+    best = {k: min(r.stats["median_ms"] for r in rs) for k, rs in rounds.items()}
+    # Same runner, same protocol, same board: the least-disturbed medians agree within this machine's noise.
+    assert 0.75 < best["pool"] / best["direct"] < 1.33, rounds and {k: [r.stats["median_ms"] for r in rs]
+                                                                    for k, rs in rounds.items()}
+    for key in ("machine", "cpu_model", "cpu_count", "tvm"):
+        assert rounds["pool"][0].device.get(key) == rounds["direct"][0].device.get(key), key
+    assert _wait_for(lambda: not _processes_left([device])), _processes_left([device])
+
+
+@pytest.mark.slow
+def test_rounds_run_on_several_boards_at_once_and_a_disagreeing_unit_is_flagged(make_device, tracker,
+                                                                                 host_artifact, tmp_path):
+    from edgekit.optimize.devices import SLOW_RUNNER_PATH
+    from edgekit.pool import PoolDevice
+    from edgekit.testing.pool_boards import join_board
+    from edgekit.testing.slow_runner import SLOW_ENV
+
+    # Three boards of one key; the third is not like its siblings: its own environment slows its conv by 30 ms.
+    devices = [make_device(), make_device(),
+               make_device(env={SLOW_ENV: json.dumps([{"weight_shape": [4, 1, 3, 3], "sleep_ms": 30}])})]
+    boards = [join_board(d, tracker.address, log_dir=tmp_path) for d in devices]
+    said = []
+    pool = PoolDevice(tracker.address, "host", runner_path=SLOW_RUNNER_PATH, say=said.append)
+    try:
+        kept = pool.measure_rounds(host_artifact, 3, warmup=2, repeats=15)
+    finally:
+        pool.close()
+        for board in boards:
+            board.leave()
+    summary = pool.summary()
+    assert sorted(summary["per_unit"]) == sorted(b.unit for b in boards), summary  # one round on each board
+    spread = summary["spreads"][0]
+    assert spread["spread_ratio"] > 10, spread  # 30 ms against a few microseconds
+    assert list(spread["flagged"]) == [boards[2].unit], spread
+    assert sorted(r.device["pool_unit"] for r in kept) == sorted(b.unit for b in boards[:2])  # not averaged in
+    assert all(r.stats["unit_spread"]["flagged"] for r in kept)
+    assert any(boards[2].unit in line and "flagged" in line for line in said), said
+
+
+def test_unit_spread_flags_only_a_unit_beyond_its_siblings_noise():
+    from edgekit.pool.spread import UnitMeasurement, unit_spread
+
+    same = [UnitMeasurement("a", 1.00, 0.97, 1.03), UnitMeasurement("b", 1.02, 0.99, 1.05),
+            UnitMeasurement("c", 1.04, 1.00, 1.08)]
+    assert unit_spread(same).flagged == {}
+    slow = same[:2] + [UnitMeasurement("c", 1.40, 1.35, 1.45)]
+    result = unit_spread(slow)
+    assert list(result.flagged) == ["c"] and result.kept == ["a", "b"]
+    assert result.spread_ratio == pytest.approx(0.40 / 1.02)
+    fast = same[:2] + [UnitMeasurement("c", 0.60, 0.58, 0.62)]
+    assert list(unit_spread(fast).flagged) == ["c"]
+    noisy = same[:2] + [UnitMeasurement("c", 1.12, 1.02, 1.30)]  # off, but its own interval reaches the band
+    assert unit_spread(noisy).flagged == {}
+    assert unit_spread(slow[1:]).flagged == {}, "with two units nothing says which one is off"
+    repeated = slow + [UnitMeasurement("c", 1.01, 0.98, 1.04)]  # a unit's least-disturbed round speaks for it
+    assert unit_spread(repeated).flagged == {}
+
+
+def test_pool_commands_say_what_is_wrong(tracker):
+    from edgekit.cli.main import main
+    from edgekit.errors import DeviceUnreachableError, UsageError
+
+    assert main(["pool", "status", "--pool", "no-port"]) == UsageError.exit_code
+    assert main(["optimize", "zoo:fmnist-resnet", "--key", "rpi4"]) == UsageError.exit_code  # --key without --pool
+    assert main(["pool", "status", "--pool", "127.0.0.1:1"]) == DeviceUnreachableError.exit_code
+    proc = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "pool", "status", "--pool", tracker.address,
+                           "--json"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"tracker": tracker.address, "keys": {}}
+
+
+@pytest.mark.slow
+def test_a_board_without_the_runtime_is_refused_with_what_to_do(make_device, tracker, tmp_path):
+    from edgekit.errors import DeviceRuntimeError
+    from edgekit.pool import join_pool, pool_status
+
+    device = make_device(runtime=False)
+    with pytest.raises(DeviceRuntimeError) as failure:
+        join_pool(device.host_spec, tracker.address, "host", **device.connect_kwargs())
+    assert "edgekit device setup" in str(failure.value.hint)
+    assert pool_status(tracker.address)["keys"] == {}
+    assert _wait_for(lambda: not _processes_left([device])), _processes_left([device])
