@@ -129,9 +129,10 @@ def test_rounds_run_on_several_boards_at_once_and_a_disagreeing_unit_is_flagged(
     from edgekit.testing.pool_boards import join_board
     from edgekit.testing.slow_runner import SLOW_ENV
 
-    # Three boards of one key; the third is not like its siblings: its own environment slows its conv by 30 ms.
-    devices = [make_device(), make_device(),
-               make_device(env={SLOW_ENV: json.dumps([{"weight_shape": [4, 1, 3, 3], "sleep_ms": 30}])})]
+    # Three boards of one key; the third is not like its siblings: its own environment slows its conv by 30 ms
+    # (sshd's SetEnv reads a double-quoted value, so the JSON's own quotes are escaped for it).
+    slow_conv = json.dumps([{"weight_shape": [4, 1, 3, 3], "sleep_ms": 30}]).replace('"', '\\"')
+    devices = [make_device(), make_device(), make_device(env={SLOW_ENV: slow_conv})]
     boards = [join_board(d, tracker.address, log_dir=tmp_path) for d in devices]
     said = []
     pool = PoolDevice(tracker.address, "host", runner_path=SLOW_RUNNER_PATH, say=said.append)
