@@ -209,24 +209,54 @@ def test_metric_hook_scores_the_compress_report(project, edgekit, capsys):
     assert code == 0, err
     report = json.loads(out)
     assert report["data"]["metric"] == "userpkg.metrics:balanced_accuracy"
-    assert len(userpkg.metrics.CALLS) == 2 and all(c["examples"] == 60 for c in userpkg.metrics.CALLS)
-    assert report["before"]["accuracy"] == round(userpkg.metrics.CALLS[0]["value"], 4)
-    assert report["steps"][0]["accuracy"] == round(userpkg.metrics.CALLS[1]["value"], 4)
+    # the near-chance check (the model, then a constant guess: 1/3 balanced accuracy), before, after the step
+    calls = userpkg.metrics.CALLS
+    assert len(calls) == 4 and all(c["examples"] == 60 for c in calls)
+    assert calls[1]["value"] == pytest.approx(1 / 3)
+    assert report["before"]["accuracy"] == round(calls[0]["value"], 4) == round(calls[2]["value"], 4)
+    assert report["steps"][0]["accuracy"] == round(calls[3]["value"], 4)
 
 
-def test_optimize_runs_on_the_user_data_to_completion(project, edgekit, capsys, tmp_path):
+def _baseline_ms(project, tmp_path) -> float:
+    """The user's trained model at 3x32x32, compiled and measured on this machine as the search's device is."""
+    from edgekit.compile import compile_model
+    from edgekit.models import load_torch_module
+    from edgekit.optimize.devices import LocalDevice
+
+    model = load_torch_module(f"userpkg.models:make_model@{project / 'weights.pt'}")
+    artifact = compile_model(model, "host", input_shapes=[(1, 3, 32, 32)], out_dir=tmp_path / "baseline")
+    return LocalDevice().measure(artifact, repeats=50).stats["median_ms"]
+
+
+def test_optimize_prunes_the_user_model_on_the_user_data(project, edgekit, capsys, tmp_path):
+    """A budget under the model's measured latency: the loop must prune (each iteration verifies its step on the
+    device), then either meet the budget or end with exit 5 and the reason, the closest candidate reported."""
+    budget = round(0.8 * _baseline_ms(project, tmp_path), 4)
     code, out, err = edgekit("optimize", "--model", MODEL, "--data", "images", "--image-size", "32",
-                             "--latency-budget-ms", "100", "--run-dir", tmp_path / "run", "--cache-dir",
-                             tmp_path / "cache", "--final-epochs", "1", "--torch-threads", "1", "--json",
-                             capsys=capsys)
-    assert code == 0, err
+                             "--latency-budget-ms", budget, "--run-dir", tmp_path / "run", "--cache-dir",
+                             tmp_path / "cache", "--final-epochs", "1", "--finetune-examples", "240",
+                             "--width-step-ratio", "0.25", "--max-iterations", "4", "--torch-threads", "1", "--json", capsys=capsys)
+    assert code in (0, 5), err
     result = json.loads(out)
-    assert result["met"] and "warning" not in err
+    assert "warning" not in err
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     setup = state["config"]["setup"]
     assert setup["input_shape"] == [1, 3, 32, 32] and setup["data"] == str(project / "images")
     assert setup["image_options"]["size"] == [32, 32]
-    assert result["baseline"]["val_accuracy"] > 0.7 and result["chosen"]["test_accuracy"] > 0.8
+    original = state["original_widths"]
+    steps = result["steps"]
+    assert steps, f"no pruning step was taken: {result['message']}"
+    for step in steps:  # each step narrowed one group, and was measured on the device
+        assert step["to_width"] < step["from_width"] <= original[step["group"]]
+        assert step["latency_source"] == "measured"
+    assert result["chosen"]["widths"] != original
+    assert sum(result["chosen"]["widths"].values()) < sum(original.values())
+    if code == 0:
+        assert result["met"] and result["chosen"]["latency_ms"] <= budget
+    else:  # why not: the search's own reason, and the closest candidate with its measured latency
+        assert not result["met"] and result["message"] and "error:" in err
+        assert state["stop_reason"] and result["chosen"]["latency_source"] == "measured"
+    assert result["baseline"]["val_accuracy"] > 0.7 and result["chosen"]["test_accuracy"] > 0.5
 
 
 def test_optimize_warns_near_chance_before_the_search_starts(project, edgekit, capsys, tmp_path):
@@ -243,3 +273,26 @@ def test_optimize_warns_near_chance_before_the_search_starts(project, edgekit, c
     # a resume finds the same data and image options again from the run's setup (it stops at the same place)
     resumed, _, again = edgekit("optimize", "--resume", tmp_path / "run", capsys=capsys)
     assert resumed == code and "proxy mode" in again, again
+
+
+def test_optimize_resumes_from_outside_the_project_folder(project, edgekit, capsys, tmp_path):
+    """The run records where the user's code was imported from, so `--resume` works from any directory: the
+    model (unpickled from the run's checkpoints) and the metric come from userpkg, which only the project
+    folder holds."""
+    import os
+    import subprocess
+
+    args = ["optimize", "--model", "userpkg.models:make_model", "--data", "images", "--image-size", "32",
+            "--accuracy-metric", "userpkg.metrics:balanced_accuracy", "--latency-budget-ms", "1", "--proxy",
+            "--cache-dir", tmp_path / "cache", "--run-dir", tmp_path / "run"]
+    code, _, err = edgekit(*args, capsys=capsys)
+    assert code != 0 and "proxy mode" in err, err  # stopped at its first latency question, state kept
+    setup = json.loads((tmp_path / "run" / "state.json").read_text())["config"]["setup"]
+    assert setup["import_paths"] == [os.path.realpath(project)]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    resumed = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "optimize", "--resume", tmp_path / "run"],
+                             cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == code, resumed.stderr[-3000:]
+    assert "proxy mode" in resumed.stderr and "No module named" not in resumed.stderr, resumed.stderr[-3000:]

@@ -7,6 +7,8 @@ seconds: small folders, models trained for a second or two.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -303,6 +305,50 @@ def test_near_chance_baseline_is_a_warning_that_says_so(project):
         result = compress_model(untrained, recipe, project["images"], input_shape=(1, 3, 32, 32), progress=False)
     assert "near chance" in result.report.to_dict()["data"]["warnings"][0]
     assert near_chance(project["model"], project["splits"].test, source="images") is None
+
+
+def test_near_chance_uses_a_custom_metric(project):
+    """With --metric, chance is what that metric gives a constant guess (the most common class every time)."""
+    import dataclasses
+
+    import userpkg.metrics
+    import userpkg.models
+
+    from edgekit.data.data_checks import near_chance
+
+    test = dataclasses.replace(project["splits"].test, metric=userpkg.metrics.balanced_accuracy)
+    untrained = userpkg.models.make_model()
+    warning = near_chance(untrained, test, source="images")
+    assert re.search(r"by the metric userpkg\.metrics:balanced_accuracy is 0\.\d+, near chance \(0\.333: that "
+                     r"metric for always answering the most common class, over 60 examples\)", warning), warning
+    assert near_chance(project["model"], test, source="images") is None
+
+    def negated_top1(outputs, targets):  # higher is better, but a trained model scores low: the metric decides
+        return -float((outputs.argmax(1) == targets).float().mean())
+
+    assert "near chance (-0.333" in near_chance(project["model"], dataclasses.replace(test, metric=negated_top1),
+                                                source="images")
+
+
+def test_near_chance_says_when_a_custom_metric_has_no_known_chance_level(project):
+    """A metric that cannot score a constant guess (here: one that takes strictly positive probabilities, which
+    a one-hot guess is not) leaves chance unknown, and the warning says so rather than guessing."""
+    import dataclasses
+
+    import torch
+
+    from edgekit.data.data_checks import near_chance
+
+    def log_likelihood(probabilities, targets):
+        if not bool((probabilities > 0).all()):
+            raise ValueError("outputs must be probabilities above 0")
+        return float(probabilities[torch.arange(len(targets)), targets].log().mean())
+
+    test = dataclasses.replace(project["splits"].test, metric=log_likelihood)
+    with_softmax = torch.nn.Sequential(project["model"], torch.nn.Softmax(dim=1)).eval()
+    warning = near_chance(with_softmax, test, source="images")
+    assert warning.startswith("the chance level of the metric ") and "is unknown" in warning, warning
+    assert "ValueError: outputs must be probabilities above 0" in warning and "not checked against guessing" in warning
 
 
 def test_compile_model_chains_onto_compress_model_in_the_api(project, tmp_path):

@@ -3,8 +3,10 @@
 ``check_fits`` raises a ``DataError`` (exit 14) when the model cannot take the data: the splits' input shapes
 differ, the model raises on two examples, its output does not match the targets, or a label is outside its
 classes.  ``near_chance`` returns a warning when the model scores about what guessing would on the data: a model
-trained for another task, another class order or other preprocessing.  It uses top-1 (class labels) or R^2
-(float targets) whatever ``--metric`` says, since only those have a known chance level.
+trained for another task, another class order or other preprocessing.  It scores the model with the data's
+metric: top-1 (class labels) or R^2 (float targets) by default, or the user's ``--metric``, whose chance level
+is what that metric gives a constant guess (the most common class for every example, or the targets' mean).
+When the metric cannot score such a guess, the warning says the chance level is unknown instead.
 """
 
 from __future__ import annotations
@@ -102,8 +104,6 @@ def _check_labels(logits, parts, splits) -> None:
 
 def near_chance(model, data, *, source: str) -> str | None:
     """A warning when ``model`` scores about chance on ``data`` (see the module docstring); None otherwise."""
-    import torch
-
     from edgekit.data.metrics import first_output, r2, top1
     from edgekit.evaluate import model_outputs
 
@@ -111,21 +111,78 @@ def near_chance(model, data, *, source: str) -> str | None:
     n = len(sample)
     if n == 0:
         return None
-    out = first_output(model_outputs(model, sample, batch_size=256))
+    outputs = model_outputs(model, sample, batch_size=256)
+    if sample.metric not in (None, top1, r2):
+        return _near_chance_of_metric(sample, outputs, source=source)
+    out = first_output(outputs)
     if sample.is_classification:
         acc = top1(out, sample.y)
-        counts = torch.bincount(sample.y.flatten())
-        chance = float(counts.max()) / sample.y.numel()
-        margin = max(0.1 * (1 - chance), 2 * math.sqrt(chance * (1 - chance) / n))
-        if acc > chance + margin:
+        chance = _majority_share(sample)
+        if acc > chance + _accuracy_margin(chance, n):
             return None
         return (f"the model's top-1 accuracy on {source} is {acc:.3f}, near chance ({chance:.3f}, always answering "
-                f"the most common class, over {n} examples): it was probably trained for another task, another "
-                "class order or other input preprocessing; compressing or optimizing it here will not tell much. "
-                "Check the class order and the inputs' size and normalisation (an image folder's classes are "
-                "numbered in sorted folder-name order; --image-size, --mean, --std)")
+                f"the most common class, over {n} examples): {_ANOTHER_TASK}")
     score = r2(out, sample.y)
     if score > 0.05:
         return None
     return (f"the model's R^2 on {source} is {score:.3f} over {n} examples: no better than predicting the targets' "
             "mean; it was probably trained for another task or other input preprocessing")
+
+
+_ANOTHER_TASK = ("it was probably trained for another task, another class order or other input preprocessing; "
+                 "compressing or optimizing it here will not tell much. Check the class order and the inputs' size "
+                 "and normalisation (an image folder's classes are numbered in sorted folder-name order; "
+                 "--image-size, --mean, --std)")
+
+
+def _majority_share(sample) -> float:
+    import torch
+
+    return float(torch.bincount(sample.y.flatten()).max()) / sample.y.numel()
+
+
+def _accuracy_margin(chance: float, n: int) -> float:
+    """How far above chance an accuracy-like score must be: a tenth of the way to 1, or two binomial sigmas."""
+    return max(0.1 * (1 - chance), 2 * math.sqrt(max(chance * (1 - chance), 0.0) / n))
+
+
+def _near_chance_of_metric(sample, outputs, *, source: str) -> str | None:
+    """near_chance for the user's metric: the model against a constant guess, both scored by that metric."""
+    from edgekit.data.metrics import metric_name
+
+    name = metric_name(sample)
+    score = sample.score(outputs)
+    try:
+        chance = float(sample.metric(_constant_guess(sample, outputs), sample.y))
+    except Exception as exc:  # noqa: BLE001  a metric for outputs of another form: chance stays unknown
+        return (f"the chance level of the metric {name} is unknown: it could not score a constant guess "
+                f"({type(exc).__name__}: {exc}); the model scores {score:.3f} on {source}, which is not checked "
+                "against guessing")
+    # An accuracy-like metric (chance in [0, 1)) gets top-1's margin; any other scale a tenth of chance's size.
+    margin = _accuracy_margin(chance, len(sample)) if 0.0 <= chance < 1.0 else 0.1 * abs(chance)
+    if score > chance + margin:
+        return None
+    guess = "the most common class" if sample.is_classification else "the targets' mean"
+    return (f"the model's score on {source} by the metric {name} is {score:.3f}, near chance ({chance:.3f}: that "
+            f"metric for always answering {guess}, over {len(sample)} examples): {_ANOTHER_TASK}")
+
+
+def _constant_guess(sample, outputs):
+    """Outputs shaped like the model's that give every example the same answer: the most common class (a one-hot
+    row of the first output) or the targets' mean."""
+    import torch
+
+    from edgekit.data.metrics import first_output
+
+    out = first_output(outputs)
+    if sample.is_classification:
+        guess = torch.zeros_like(out)
+        guess[:, int(torch.bincount(sample.y.flatten()).argmax())] = 1.0
+    else:
+        guess = torch.full_like(out, float(sample.y.double().mean()))
+    if isinstance(outputs, dict):
+        first = next(iter(outputs))
+        return {**outputs, first: guess}
+    if isinstance(outputs, (tuple, list)):
+        return type(outputs)([guess, *outputs[1:]])
+    return guess

@@ -51,6 +51,7 @@ def optimize_model(model=None, data="fashion-mnist", *, latency_budget_ms: float
     import tempfile
 
     from edgekit.data.data_checks import data_warning, near_chance
+    from edgekit.data.user_code import extend_import_path, import_roots
     from edgekit.optimize.state import RunState
 
     say = log or (lambda message: None)
@@ -58,6 +59,7 @@ def optimize_model(model=None, data="fashion-mnist", *, latency_budget_ms: float
         if run_dir is None:
             raise UsageError("resume needs the run directory", hint="edgekit optimize --resume RUN_DIR")
         state = RunState.load(run_dir)
+        extend_import_path(state.config["setup"].get("import_paths"))  # the user's code, from any directory
         if SearchStatus(state["status"]).finished and state["result"]:
             say(f"{run_dir}: the search already finished ({state['status']}); nothing to resume")
             return result_from_state(state)
@@ -110,6 +112,7 @@ def optimize_model(model=None, data="fashion-mnist", *, latency_budget_ms: float
                  "threads": threads, "input_shape": list(input_shape),
                  "image_options": image_options.to_dict() if image_options is not None else None,
                  "accuracy_metric": _metric_spec(accuracy_metric), "data_warning": warning,
+                 "import_paths": import_roots(_user_modules(model, data_name, accuracy_metric)),
                  "cache_dir": str(cache_dir) if cache_dir else None,
                  "artifacts_dir": str(artifacts_dir) if artifacts_dir else None,
                  "connect": {k: list(v) if isinstance(v, tuple) else v for k, v in (connect or {}).items()},
@@ -173,6 +176,19 @@ def _data_spec(data) -> str | None:
         return None
     path = Path(data)
     return str(path.resolve()) if path.exists() else str(data)
+
+
+def _user_modules(model, data_spec, metric) -> list[str]:
+    """The modules a resume imports again: the model's classes (unpickled), a data factory's, a metric's."""
+    from edgekit.data.user_code import SPEC_RE
+
+    names = [type(m).__module__ for m in model.modules()]
+    for spec in (data_spec, metric):
+        if isinstance(spec, str) and SPEC_RE.fullmatch(spec):
+            names.append(spec.partition(":")[0])
+        elif callable(spec):
+            names.append(getattr(spec, "__module__", ""))
+    return names
 
 
 def _metric_spec(metric) -> str | None:
