@@ -22,19 +22,32 @@ def register(subparsers) -> None:
     p.add_argument("--eval-limit", type=int, default=None,
                    help="measure accuracy on a seeded subset of this many test examples (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for training (default: torch's)")
+    add_nproc_per_node_option(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted --nproc-per-node run from the checkpoints in --out")
     p.add_argument("--dry-run", action="store_true", help="validate the recipe, print the resolved plan and stop")
     add_targets_dir_option(p)
     add_json_option(p)
     p.set_defaults(func=run)
 
 
+def add_nproc_per_node_option(parser) -> None:
+    """--nproc-per-node: training in N DDP processes under torchrun (compress and optimize spell it alike)."""
+    parser.add_argument("--nproc-per-node", default="1", metavar="N",
+                        help="train (distill, fine-tune) in N processes under torchrun with DDP: gloo on CPU, NCCL "
+                             "when there are N GPUs; the global batch stays the recipe's (default: %(default)s, "
+                             "this process)")
+
+
 def run(args) -> int:
     from pathlib import Path
 
     from edgekit.compress import compress_model, load_recipe
+    from edgekit.compress.distributed import check_nproc_per_node
 
     if args.eval_limit is not None and args.eval_limit < 1:
         raise UsageError(f"--eval-limit must be >= 1, got {args.eval_limit}")
+    nproc_per_node = check_nproc_per_node(args.nproc_per_node)  # before any recipe, model or data is read
     recipe = load_recipe(args.recipe)  # fail on a bad recipe before loading torch models
     if args.dry_run:
         return _print_plan(args, recipe)
@@ -47,7 +60,7 @@ def run(args) -> int:
     info(f"compressing {args.model} with recipe {recipe.name!r}: {' -> '.join(recipe.kinds)}")
     result = compress_model(args.model, recipe, args.data, eval_limit=args.eval_limit, threads=args.threads,
                             metric=args.accuracy_metric, image_options=image_options(args), target=target,
-                            out_dir=out, log=info)
+                            out_dir=out, nproc_per_node=nproc_per_node, resume=args.resume, log=info)
     report = result.report.to_dict()
     if args.json:
         emit_json(report)

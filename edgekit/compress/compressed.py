@@ -128,7 +128,7 @@ def compress_model(model, recipe, data, *, eval_data=None, eval_limit: int | Non
                    input_shape=None, metric=None, image_options=None,
                    progress: bool | None = None, threads: int | None = None,
                    target=None, out_dir: str | Path | None = None, artifacts_dir: str | Path | None = None,
-                   log=None) -> CompressedModel:
+                   nproc_per_node: int = 1, resume: bool = False, log=None) -> CompressedModel:
     """Run ``recipe`` on a copy of ``model``.
 
     ``model``: anything ``edgekit.models.load_model`` gives an nn.Module for (a module, ``zoo:NAME``, a .pt
@@ -146,6 +146,9 @@ def compress_model(model, recipe, data, *, eval_data=None, eval_limit: int | Non
     compile keeps the trained model.  ``target``: also compile the result for this profile (name, path
     or TargetProfile) into ``artifacts_dir`` (default: OUT_DIR/artifacts, else compile's default);
     ``report.artifact`` then holds the artifact and, when it runs on this host, its accuracy on ``eval_data``.
+    ``nproc_per_node`` > 1: the distill/finetune steps train in that many DDP processes under torchrun
+    (distributed.py; gloo on CPU, NCCL on GPUs), checkpointed after every epoch in OUT_DIR/checkpoints/;
+    ``resume`` continues an interrupted run from there (the steps before it are seeded, so they are redone).
     """
     import torch
 
@@ -161,6 +164,7 @@ def compress_model(model, recipe, data, *, eval_data=None, eval_limit: int | Non
         recipe = load_recipe(recipe)
     if not isinstance(recipe, Recipe):
         raise RecipeError(f"compress_model needs a Recipe or a recipe path, got {type(recipe).__name__}")
+    nproc_per_node = _check_distributed(nproc_per_node, resume, out_dir)
     loaded = load_model(model, purpose="model")
     model = load_torch_module(loaded, purpose="compress")
     if threads is not None:
@@ -198,8 +202,11 @@ def compress_model(model, recipe, data, *, eval_data=None, eval_limit: int | Non
             t = None
             if isinstance(step, DistillConfig):
                 t = teacher if teacher is not None else _load_teacher(step.teacher, original)
+            checkpoints = None if out_dir is None or nproc_per_node == 1 else (
+                Path(out_dir) / "checkpoints" / f"step{i}-{kind}")
             res = train(current, train_data, config=step, teacher=t, val_data=splits.val, progress=progress,
-                        label=kind)
+                        label=kind, nproc_per_node=nproc_per_node, checkpoint_dir=checkpoints, resume=resume,
+                        log=say)
             detail = res.to_dict()
         elif isinstance(step, QuantizeConfig):
             current = quantize_model(current, train_data, step)
@@ -231,6 +238,17 @@ def compress_model(model, recipe, data, *, eval_data=None, eval_limit: int | Non
         if out_dir is not None:
             compressed.report.save(Path(out_dir) / REPORT_FILE)  # again: it now describes the artifact
     return compressed
+
+
+def _check_distributed(nproc_per_node, resume: bool, out_dir) -> int:
+    from edgekit.compress.distributed import check_nproc_per_node
+    from edgekit.errors import UsageError
+
+    nproc_per_node = check_nproc_per_node(nproc_per_node)
+    if resume and (nproc_per_node == 1 or out_dir is None):
+        raise UsageError("resume continues from the checkpoints of a distributed run in its output directory",
+                         hint="give the same --out and --nproc-per-node N (N > 1) as the interrupted run")
+    return nproc_per_node
 
 
 def _compile_and_evaluate(compressed: CompressedModel, target, artifacts_dir, eval_data, say) -> CompressedModel:

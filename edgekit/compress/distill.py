@@ -60,11 +60,14 @@ class TrainResult:
     stopped_early: bool
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    # With several processes (distributed.py): world_size, backend, per_rank_batch_size, resumed_from_epoch.
+    distributed: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epochs_run": self.epochs_run, "best_epoch": self.best_epoch,
-                "best_val_accuracy": self.best_val_accuracy, "stopped_early": self.stopped_early,
-                "seconds": round(self.seconds, 2), "history": self.history}
+        d = {"epochs_run": self.epochs_run, "best_epoch": self.best_epoch,
+             "best_val_accuracy": self.best_val_accuracy, "stopped_early": self.stopped_early,
+             "seconds": round(self.seconds, 2), "history": self.history}
+        return d if self.distributed is None else {**d, "distributed": self.distributed}
 
 
 def distillation_loss(student_out, teacher_out, targets, *, temperature: float, alpha: float,
@@ -150,13 +153,23 @@ class _Progress:
 
 def train(student, train_data, *, config: TrainConfig = TrainConfig(), teacher=None, val_data=None,
           progress: bool | None = None, label: str = "train",
-          on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[dict[str, float]], None] | None = None, nproc_per_node: int = 1,
+          checkpoint_dir=None, resume: bool = False, log: Callable[[str], None] | None = None) -> TrainResult:
     """Train ``student`` in place (with ``teacher``: distil).  Returns what happened.
 
     Without ``val_data``, ``config.val_size`` examples are held out of ``train_data`` for
     early stopping; the student ends with the weights of its best validation epoch.
+    ``nproc_per_node`` > 1: that many DDP processes under torchrun (distributed.py), with a
+    checkpoint per epoch in ``checkpoint_dir`` and ``resume`` to continue from it.
     """
     import torch
+
+    if nproc_per_node != 1:
+        from edgekit.compress.distributed import train_distributed
+
+        return train_distributed(student, train_data, config=config, teacher=teacher, val_data=val_data,
+                                 nproc_per_node=nproc_per_node, checkpoint_dir=checkpoint_dir, resume=resume,
+                                 label=label, log=log)
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
