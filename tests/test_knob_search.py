@@ -102,6 +102,10 @@ def test_a_recorded_knob_winner_is_applied_by_the_build_and_stays_exact(monkeypa
 
     monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(knob_search, "MIN_GAIN", -10.0)  # record every kernel's best variant
+    for space in (knob_search.ConvSpace, knob_search.MatmulSpace):  # a few variants each: the test is the records
+        first, refine = space.first_round, space.refinements
+        monkeypatch.setattr(space, "first_round", lambda self, first=first: first(self)[:3])
+        monkeypatch.setattr(space, "refinements", lambda self, best, refine=refine: refine(self, best)[:1])
     lines = []
     report = tune_model(_knob_model(), "host", input_shapes=[SHAPE], search="knobs", log=lines.append)
     assert report.trials_run == 0, "--search knobs runs no MetaSchedule trial"

@@ -220,7 +220,7 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
     from edgekit.compile.build import check_toolchain, resolve_tvm_target
     from edgekit.compile.frontend import import_model
     from edgekit.compile.knob_search import search_knobs
-    from edgekit.compile.tune_gain import measure_default_times, measure_gains
+    from edgekit.compile.tune_gain import DefaultSchedules, measure_default_times, measure_gains
     from edgekit.compile.tune_workers import Measurer, num_cores, worker_environment
     from edgekit.targets import load_target
 
@@ -278,9 +278,10 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
         minor: list = []
         default_us: dict[str, float | None] = {}
         knob_results: list = []
+        defaults = DefaultSchedules(tvm_target)
         with worker_environment(threads):
             if to_tune and budget > 0:
-                default_us = measure_default_times(to_tune, db_path, tvm_target, measurer, say)
+                default_us = measure_default_times(to_tune, db_path, tvm_target, measurer, say, defaults)
                 if "knobs" in searches:
                     # Every kernel, slowest first: a kernel's variants cost seconds, not a search.
                     deadline = None if time_budget_s is None else started + time_budget_s
@@ -300,7 +301,7 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
                 else:
                     say(f"no time left for MetaSchedule's search ({max(left_s, 0):.0f} s of the budget)")
             elapsed = time.monotonic() - started
-            gains = measure_gains(tasks, db_path, tvm_target, measurer, say)
+            gains = measure_gains(tasks, db_path, tvm_target, measurer, say, defaults)
         if monitor is None:
             stopped = "time_budget" if knob_results else "nothing_to_do"
         elif monitor.out_of_time:

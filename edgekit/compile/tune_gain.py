@@ -71,14 +71,29 @@ def apply_record(mod, record, tvm_target):
     return sch.mod
 
 
-def measure_default_times(tasks, db_path: Path, tvm_target, measurer, say) -> dict[str, float | None]:
+class DefaultSchedules:
+    """Each task's default schedule, made once per tuning run (the search and the gain both need it)."""
+
+    def __init__(self, tvm_target):
+        self.tvm_target = tvm_target
+        self._by_name: dict[str, object] = {}
+
+    def of(self, task):
+        if task.task_name not in self._by_name:
+            self._by_name[task.task_name] = default_schedule(task.dispatched[0], self.tvm_target)
+        return self._by_name[task.task_name]
+
+
+def measure_default_times(tasks, db_path: Path, tvm_target, measurer, say,
+                          defaults: DefaultSchedules | None = None) -> dict[str, float | None]:
     """Each task's time under edgekit's default schedule (us per call; None when it failed to build or run).
 
     Cached with the gain measurements (``kernel_times.json``), so a kernel is measured once per
     rule version, whichever of the two asks first.
     """
     times = read_json(db_path / KERNEL_TIMES_FILE)
-    scheduled = {task.task_name: default_schedule(task.dispatched[0], tvm_target) for task in tasks}
+    defaults = defaults or DefaultSchedules(tvm_target)
+    scheduled = {task.task_name: defaults.of(task) for task in tasks}
     keys = {name: module_key(mod) for name, mod in scheduled.items()}
     mods = {keys[name]: mod for name, mod in scheduled.items() if keys[name] not in times}
     if mods:
@@ -117,11 +132,13 @@ def _measure(mods: dict, tvm_target, measurer, times: dict, errors: dict) -> Non
         times[key] = sum(float(s) for s in result.run_secs) / len(result.run_secs) * 1e6
 
 
-def measure_gains(tasks, db_path: Path, tvm_target, measurer, say) -> list[KernelGain]:
+def measure_gains(tasks, db_path: Path, tvm_target, measurer, say,
+                  defaults: DefaultSchedules | None = None) -> list[KernelGain]:
     """Default vs tuned time of every task with a record; updates the database's slower-than-default list."""
     # Read back from disk: a record still in the memory of the run that measured it gives another
     # record_key than the same record loaded (as plan_build loads it), so keys come from the file.
     database = open_database(db_path)
+    defaults = defaults or DefaultSchedules(tvm_target)
 
     times = read_json(db_path / KERNEL_TIMES_FILE)
     slower = read_json(db_path / SLOWER_THAN_DEFAULT_FILE)
@@ -137,7 +154,7 @@ def measure_gains(tasks, db_path: Path, tvm_target, measurer, say) -> list[Kerne
         except Exception as exc:  # a trace that does not transfer: the build would fail on it too
             errors[task.task_name] = f"record does not apply: {str(exc).strip().splitlines()[-1][:200]}"
             tuned = None
-        plans.append((task, record, default_schedule(mod, tvm_target), tuned))
+        plans.append((task, record, defaults.of(task), tuned))
 
     to_measure = {}
     for _, _, *mods in plans:
