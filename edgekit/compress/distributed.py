@@ -3,9 +3,10 @@
 ``train_distributed`` is what ``edgekit.compress.distill.train`` calls with ``nproc_per_node > 1`` (or with a
 checkpoint directory).  The caller's process stays the coordinator and the ranks are torch's own:
 
-    caller:  writes JOB_DIR/job.pt (student, teacher, data, config), runs
-             ``python -m torch.distributed.run --nproc-per-node N --master-addr 127.0.0.1 ...
-             -m edgekit.compress.distributed JOB_DIR``, then loads the trained weights into the student
+    caller:  writes JOB_DIR/job.pt (student, teacher, data, config), runs torchrun
+             (``torch.distributed.run --nproc-per-node N -m edgekit.compress.distributed JOB_DIR``, through
+             torchrun_loopback.py so that its store listens on 127.0.0.1 only), then loads the trained
+             weights into the student
     ranks:   ``init_process_group`` (gloo on CPU, NCCL when every rank has a GPU), the student wrapped in
              ``DistributedDataParallel``, each rank's share of every epoch from a ``DistributedSampler``
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,7 +40,6 @@ JOB_FILE = "job.pt"
 RESULT_FILE = "result.pt"
 CHECKPOINT_FILE = "last.pt"
 CHECKPOINT_INFO = "checkpoint.json"
-LOOPBACK = "127.0.0.1"
 MAX_NPROC_PER_NODE = 64  # more ranks than this on one machine is a typo, not a plan
 
 
@@ -159,16 +158,10 @@ def _resume_point(work: Path, fingerprint: str, resume: bool) -> int:
     return int(info["epoch"])
 
 
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
 def torchrun_command(nproc_per_node: int, module_args: list[str]) -> list[str]:
-    """``python -m torch.distributed.run`` (torchrun) for one node on loopback, running ``-m MODULE ARGS``."""
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}", "--nnodes=1",
-            f"--master-addr={LOOPBACK}", f"--master-port={_free_loopback_port()}", "-m", *module_args]
+    """torchrun (torch.distributed.run) for one node, its store on loopback only, running ``-m MODULE ARGS``."""
+    return [sys.executable, "-m", "edgekit.compress.torchrun_loopback", f"--nproc-per-node={nproc_per_node}",
+            "--nnodes=1", "-m", *module_args]
 
 
 def rank_environment(nproc_per_node: int, threads: int | None) -> dict[str, str]:
