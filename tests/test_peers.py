@@ -81,6 +81,8 @@ def test_peer_options_are_usage_errors(small_cnn_pt2, capsys):
     assert "unknown peer runtime 'tflite'; available: onnxruntime, executorch, torch" in capsys.readouterr().err
     assert main(["compare", "--peers", "onnxruntime"]) == 2
     assert main(["compare", "only-one"]) == 2
+    assert main(["run", "--artifact", "some-dir", "--compare", "onnxruntime"]) == 2  # peers run the model
+    assert "--compare needs --model" in capsys.readouterr().err
 
 
 # The ONNX Runtime wheel for the emulated Pi: tools/setup-system.sh downloads it into the cache (no test does)
@@ -100,7 +102,7 @@ def test_onnxruntime_installed_from_the_host_runs_beside_edgekit_on_the_emulated
     assert installed["peer"] == "onnxruntime" and installed["path"].endswith("/peer-runtimes/onnxruntime")
 
     argv = ["compare", "--model", str(small_cnn_pt2), "--target", "rpi4", "--peers", "onnxruntime,executorch",
-            *ssh_args(emulated_pi), "--rounds", "2", "--repeats", "10", "--warmup", "2",
+            *ssh_args(emulated_pi), "--rounds", "1", "--repeats", "10", "--warmup", "2",  # qemu: one round
             "-o", str(tmp_path / "artifacts"), "--json"]
     assert main(argv) == 0, capsys.readouterr().err
     result = json.loads(capsys.readouterr().out)
