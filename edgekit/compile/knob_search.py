@@ -187,12 +187,14 @@ def _try(make):
 # -------------------------------------------------------------------------------- the search
 
 
-def search_knobs(tasks, database, tvm_target, measurer, default_us: dict[str, float | None], say,
+def search_knobs(tasks, database, tvm_target, measurer, defaults, default_us: dict[str, float | None], say,
                  deadline: float | None = None) -> list[KnobResult]:
     """Measure every knob variant of each task (slowest first) and record the winners in ``database``.
 
-    ``default_us``: each task's default-schedule time, measured by the same runner (tune_gain),
-    the bar a variant must clear.  Stops starting new kernels past ``deadline`` (time.monotonic()).
+    ``defaults`` (tune_gain.DefaultSchedules) gives each task's default schedule, measured in the
+    same batch as the variants it is compared with: a load burst on a shared machine between two
+    batches must not make a variant look faster than the default.  ``default_us`` (measured
+    earlier) only orders the tasks.  Stops starting new kernels past ``deadline`` (time.monotonic()).
     """
     import_tvm()
     from tvm.s_tir import meta_schedule as ms
@@ -212,15 +214,14 @@ def search_knobs(tasks, database, tvm_target, measurer, default_us: dict[str, fl
             continue
         started = time.monotonic()
         schedules = schedules_of(space, space.first_round())
-        times = _measure_schedules(schedules, tvm_target, measurer)
+        times, default = _measure_schedules(schedules, defaults.of(task), tvm_target, measurer)
         if times:
-            # Round two: the winner again (measured in the same batch as its refinements) and its refinements.
+            # Round two: the winner again, beside its refinements and the default.
             winner = min(times, key=times.get)
             refined = schedules_of(space, [winner, *space.refinements(winner)])
             if len(refined) > 1:
                 schedules.update(refined)
-                times.update(_measure_schedules(refined, tvm_target, measurer))
-        default = default_us.get(task.task_name)
+                times, default = _measure_schedules(refined, defaults.of(task), tvm_target, measurer)
         best = min(times, key=times.get) if times else None
         best_us = times[best] if best is not None else None
         wins = best is not None and default is not None and best_us < default * (1 - MIN_GAIN)
@@ -230,19 +231,23 @@ def search_knobs(tasks, database, tvm_target, measurer, default_us: dict[str, fl
                 target=tvm_target, args_info=ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
         results.append(KnobResult(task.task_name, float(task.weight), len(schedules), default, best_us,
                                   best.label if wins else None, recorded=wins))
-        say(f"knob search {task.task_name}: {len(times)} variants in {time.monotonic() - started:.0f} s, "
+        say(f"knob search {task.task_name}: {len(schedules)} variants in {time.monotonic() - started:.0f} s, "
             + (f"best {best.label} {best_us:.1f} us vs default {default:.1f} us (recorded)" if wins else
                f"none beats the default ({default if default is None else round(default, 1)} us) by "
                f"{100 * MIN_GAIN:.0f}%"))
     return results
 
 
-def _measure_schedules(schedules: dict, tvm_target, measurer) -> dict:
-    """knobs -> us, for the settings that built and ran (one batch, one runner, same conditions)."""
+DEFAULT_LABEL = "default"
+
+
+def _measure_schedules(schedules: dict, default_mod, tvm_target, measurer) -> tuple[dict, float | None]:
+    """(knobs -> us for the settings that built and ran, the default schedule's us), in one batch."""
     tvm = import_tvm()
     from edgekit.compile.tune_gain import measure_modules
 
     mods = {knobs.label: tvm.IRModule({"main": sch.mod["main"].with_attr("tirx.is_scheduled", True)})
             for knobs, sch in schedules.items()}
+    mods[DEFAULT_LABEL] = default_mod
     times, _errors = measure_modules(mods, tvm_target, measurer)
-    return {knobs: times[knobs.label] for knobs in schedules if knobs.label in times}
+    return {knobs: times[knobs.label] for knobs in schedules if knobs.label in times}, times.get(DEFAULT_LABEL)

@@ -168,6 +168,7 @@ class RemoteTuningSession:
             raise
 
     def runner(self):
+        from edgekit.compile.tune_workers import EVALUATOR
         from edgekit.compile.tvm_env import import_tvm
 
         import_tvm()
@@ -177,8 +178,7 @@ class RemoteTuningSession:
                                      tracker_key="edgekit-direct", session_timeout_sec=SESSION_TIMEOUT_S)
         return ms.runner.RPCRunner(
             rpc_config=config,
-            evaluator_config=ms.runner.EvaluatorConfig(number=5, repeat=3, min_repeat_ms=50,
-                                                       enable_cpu_cache_flush=False),
+            evaluator_config=ms.runner.EvaluatorConfig(**EVALUATOR),
             f_create_session=connect_direct, f_alloc_argument=alloc_with_numpy,
             max_workers=1)  # one at a time: trials must not share the board
 

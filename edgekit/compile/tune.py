@@ -285,7 +285,8 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
                 if "knobs" in searches:
                     # Every kernel, slowest first: a kernel's variants cost seconds, not a search.
                     deadline = None if time_budget_s is None else started + time_budget_s
-                    knob_results = search_knobs(to_tune, database, tvm_target, measurer, default_us, say, deadline)
+                    knob_results = search_knobs(to_tune, database, tvm_target, measurer, defaults, default_us, say,
+                                                deadline)
                 to_tune, minor = focus_tasks(to_tune, default_us)
                 if minor:
                     say(f"not searched by MetaSchedule, together under {100 * (1 - FOCUS_SHARE):.0f}% of the "

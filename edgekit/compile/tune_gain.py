@@ -6,8 +6,9 @@ the same conditions: the default schedule (edgekit's rules, exactly what a build
 record ships) and the best record applied the way a build applies it (its trace, or for an
 anchor-block match, the anchor trace transferred).  A record slower than the default goes
 into ``slower_than_default.json`` and builds do not apply it, so tuning never makes a build
-slower.  Times are cached in ``kernel_times.json`` by the text of the scheduled kernel: a
-rule change or a new record is measured again, nothing else is.
+slower.  Times (the fastest of several repeats) are cached in ``kernel_times.json`` by the
+text of the scheduled kernel: a rule change or a new record is measured again, beside its
+default, and nothing else is.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def _measure(mods: dict, tvm_target, measurer, times: dict, errors: dict) -> Non
         if result.error_msg or not result.run_secs:
             errors[key] = str(result.error_msg).strip().splitlines()[-1][:200]
             continue
-        times[key] = sum(float(s) for s in result.run_secs) / len(result.run_secs) * 1e6
+        times[key] = min(float(s) for s in result.run_secs) * 1e6  # the fastest repeat: see tune_workers.EVALUATOR
 
 
 def measure_gains(tasks, db_path: Path, tvm_target, measurer, say,
@@ -156,11 +157,13 @@ def measure_gains(tasks, db_path: Path, tvm_target, measurer, say,
             tuned = None
         plans.append((task, record, defaults.of(task), tuned))
 
+    # A pair is measured together, in one batch, whenever either side is new: a default time cached
+    # from an earlier batch (say, during a load burst) must not decide against a record measured now.
     to_measure = {}
     for _, _, *mods in plans:
-        for m in mods:
-            if m is not None and module_key(m) not in times:
-                to_measure[module_key(m)] = m
+        pair = [m for m in mods if m is not None]
+        if any(module_key(m) not in times for m in pair):
+            to_measure.update({module_key(m): m for m in pair})
     if to_measure:
         say(f"measuring {len(to_measure)} kernels: default schedules vs the best records")
         _measure(to_measure, tvm_target, measurer, times, errors)

@@ -18,6 +18,10 @@ from edgekit.compile.tvm_env import cache_dir, import_tvm
 # Seconds one candidate may take to compile in a builder worker (the worker's own start included).
 BUILD_TIMEOUT_S = 180.0
 RUN_TIMEOUT_S = 60.0
+# How each candidate is timed: 8 repeats of at least 20 ms each (the call count grows to fill them).
+# Kernel comparisons take the fastest repeat (tune_gain): load from other processes only ever adds
+# time, and on a shared 2-core machine a 50 ms repeat was rarely free of it.
+EVALUATOR = {"number": 3, "repeat": 8, "min_repeat_ms": 20, "enable_cpu_cache_flush": False}
 
 
 # Pickled by reference into MetaSchedule's popen workers: module level, no torch import.
@@ -76,8 +80,7 @@ class Measurer:
             from tvm.s_tir import meta_schedule as ms
 
             self._runner = self.session.runner() if self.session else ms.runner.LocalRunner(
-                timeout_sec=RUN_TIMEOUT_S, evaluator_config=ms.runner.EvaluatorConfig(
-                    number=5, repeat=3, min_repeat_ms=50, enable_cpu_cache_flush=False))
+                timeout_sec=RUN_TIMEOUT_S, evaluator_config=ms.runner.EvaluatorConfig(**EVALUATOR))
         return self._runner
 
 
