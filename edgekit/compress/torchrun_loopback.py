@@ -27,11 +27,9 @@ def main(argv: list[str]) -> None:
     port = listener.getsockname()[1]
     store = dist.TCPStore(LOOPBACK, port, None, True, datetime.timedelta(minutes=5), wait_for_workers=False,
                           multi_tenant=True, master_listen_fd=listener.fileno())
-    try:
-        torchrun_main([f"--master-addr={LOOPBACK}", f"--master-port={port}", *argv])
-    finally:
-        del store
-        listener.close()
+    listener.detach()  # the store owns the descriptor now, and closes it
+    torchrun_main([f"--master-addr={LOOPBACK}", f"--master-port={port}", *argv])
+    del store
 
 
 if __name__ == "__main__":
