@@ -6,7 +6,7 @@
 #   dataset-fashion-mnist real data for compression and the feedback loop
 #   binutils              readelf/strings used by tests
 set -eu
-APT_PACKAGES="openssh-server g++-aarch64-linux-gnu gcc-aarch64-linux-gnu g++-arm-linux-gnueabihf gcc-arm-linux-gnueabihf qemu-user-static binfmt-support mmdebstrap dataset-fashion-mnist binutils"
+APT_PACKAGES="openssh-server g++-aarch64-linux-gnu gcc-aarch64-linux-gnu g++-arm-linux-gnueabihf gcc-arm-linux-gnueabihf qemu-user-static binfmt-support mmdebstrap dataset-fashion-mnist binutils strace"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 # shellcheck disable=SC2086

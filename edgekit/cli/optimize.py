@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edgekit.cli.compress import add_nproc_per_node_option
 from edgekit.cli.data_options import add_data_options, image_options
 from edgekit.cli.options import (MODEL_HELP, add_json_option, add_pool_options, add_search_options, add_ssh_options,
                                  connect_kwargs, pool_device, search_options)
@@ -47,12 +48,14 @@ def register(subparsers) -> None:
                         help="compiled artifacts, reusable between runs (default: RUN_DIR/artifacts)")
     add_search_options(search)
     search.add_argument("--torch-threads", type=int, default=None, help="torch threads for fine-tuning")
+    add_nproc_per_node_option(search)
     add_json_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from edgekit.errors import BudgetNotMetError, UsageError
+    from edgekit.compress.distributed import check_nproc_per_node
     from edgekit.optimize import optimize_model
 
     if args.torch_threads:
@@ -75,7 +78,7 @@ def run(args) -> int:
             host=args.host, connect=connect_kwargs(args) if args.host else None, run_dir=args.run_dir,
             device=pool_device(args, args.target, threads=args.threads, say=info),
             proxy=args.proxy, accuracy_metric=args.accuracy_metric, image_options=image_options(args),
-            **search_options(args), **common)
+            nproc_per_node=check_nproc_per_node(args.nproc_per_node), **search_options(args), **common)
     if args.json:
         emit_json(result.to_dict())
     else:

@@ -45,6 +45,7 @@ class SearchConfig:
     reuse_measurements: bool = True  # a model architecture measured before on this device is not re-measured
     quantize: bool = False  # after the search: per-layer int8 or float, by measured latency and accuracy
     int8_max_drop: float = 0.005  # accuracy int8 layers may cost (held-out), when they buy latency
+    nproc_per_node: int = 1  # fine-tuning in this many DDP processes under torchrun (compress/distributed.py)
 
     def __post_init__(self):
         if self.latency_budget_ms is None and self.size_budget_bytes is None and self.memory_budget_mb is None:
@@ -65,6 +66,9 @@ class SearchConfig:
         if self.table_mode not in ("kernels", "whole"):
             raise UsageError(f"table_mode must be 'kernels' or 'whole', got {self.table_mode!r}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
+        from edgekit.compress.distributed import check_nproc_per_node  # light: no torch at import
+
+        object.__setattr__(self, "nproc_per_node", check_nproc_per_node(self.nproc_per_node))
 
     @property
     def memory_budget_bytes(self) -> int | None:

@@ -59,7 +59,7 @@ class SearchLoop:
         data = self.train if examples is None else self.train.subset(examples, seed=seed)
         cfg = TrainConfig(epochs=epochs, lr=self.config.lr, batch_size=self.config.batch_size, seed=seed,
                           val_size=0, patience=1)
-        distill(model, self.teacher, data, config=cfg, progress=False)
+        distill(model, self.teacher, data, config=cfg, progress=False, nproc_per_node=self.config.nproc_per_node)
 
     def meets(self, measured: dict) -> dict[str, bool]:
         c = self.config
