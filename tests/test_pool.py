@@ -107,11 +107,18 @@ def test_a_measurement_through_the_pool_agrees_with_a_direct_ssh_deploy(make_dev
         for _ in range(3):  # alternating, so that drift of the shared machine hits both alike
             rounds["pool"].append(pooled.measure(two_conv_artifact, warmup=10, repeats=40))
             rounds["direct"].append(direct.measure(two_conv_artifact, warmup=10, repeats=40))
+        cli = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "run", "--artifact",
+                              str(two_conv_artifact.path), "--pool", tracker.address, "--key", "host",
+                              "--repeats", "20", "--json"], capture_output=True, text=True, timeout=180)
     finally:
         direct.close()
         board.leave()
     assert all(r.output_check["passed"] for rs in rounds.values() for r in rs)
     assert all(r.device["pool_unit"] == board.unit for r in rounds["pool"])
+    assert cli.returncode == 0, cli.stderr  # `edgekit run --pool --key`: the same measurement from the CLI
+    from_cli = json.loads(cli.stdout)
+    assert from_cli["device"]["pool_unit"] == board.unit and from_cli["output_check"]["passed"]
+    assert len(from_cli["samples_ms"]) == 20
     best = {k: min(r.stats["median_ms"] for r in rs) for k, rs in rounds.items()}
     # Same runner, same protocol, same board: the least-disturbed medians agree within this machine's noise.
     assert 0.75 < best["pool"] / best["direct"] < 1.33, rounds and {k: [r.stats["median_ms"] for r in rs]

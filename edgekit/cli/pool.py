@@ -17,7 +17,8 @@ from edgekit.cli.output import emit_json, info
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("pool", help="share boards between clients through TVM's RPC tracker",
-                                   description="Several clients share boards: TVM's tracker queues their requests and hands each a free board of the key it asks for.")
+                                   description="Several clients share boards: TVM's tracker queues their "
+                                               "requests and hands each a free board of the key it asks for.")
     verbs = parser.add_subparsers(dest="pool_command", metavar="VERB", required=True)
 
     start = verbs.add_parser("start", help="run the tracker (until interrupted)")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from edgekit.cli.compile import compile_from_args
 from edgekit.cli.options import (MODEL_HELP, add_json_option, add_measure_options, add_model_options,
-                                 add_targets_dir_option, artifact_from_arg, measure_overrides)
-from edgekit.cli.output import emit_json, measurement_lines, print_kernels, progress
+                                 add_pool_options, add_targets_dir_option, artifact_from_arg, measure_overrides,
+                                 pool_device)
+from edgekit.cli.output import emit_json, info, measurement_lines, print_kernels, progress
 
 
 def register(subparsers) -> None:
@@ -23,6 +24,7 @@ def register(subparsers) -> None:
                              "with the artifact (same inputs, threads and protocol), and say which is faster")
     parser.add_argument("--rounds", type=int, default=None,
                         help="with --compare: interleaved rounds of each (default 6, the fewest with a 95%% interval)")
+    add_pool_options(parser)  # --pool/--key: on a board borrowed from the pool instead of this machine
     add_targets_dir_option(parser)
     add_json_option(parser)
     parser.set_defaults(func=run)
@@ -41,9 +43,14 @@ def run(args) -> int:
         artifact = compile_from_args(args, args.target)
     else:
         artifact = artifact_from_arg(args.artifact)
-    with progress(f"running {artifact.artifact_id} here"):
-        report = run_artifact(artifact, **cli_stopping_rule(measure_overrides(args), artifact.measure_protocol),
-                              kernels=args.kernels or None)
+    pool = pool_device(args, artifact.target_name, say=info)
+    measure = cli_stopping_rule(measure_overrides(args), artifact.measure_protocol)
+    if pool is not None:
+        with progress(f"running {artifact.artifact_id} on a '{pool.key}' board of the pool {pool.address}"):
+            report = pool.measure(artifact, kernels=args.kernels or None, **measure)
+    else:
+        with progress(f"running {artifact.artifact_id} here"):
+            report = run_artifact(artifact, **measure, kernels=args.kernels or None)
     if args.kernels and args.model:  # the model is at hand: name each kernel's modules
         from edgekit.measure.cost_card import annotate_kernels, kernel_sources_for
         from edgekit.targets import load_target

@@ -156,7 +156,8 @@ class PoolDevice(Device):
                                             "error": str(exc)})
                 if attempt == LOST_BOARD_ATTEMPTS:
                     raise
-                self.say(f"pool: {str(exc).splitlines()[0]}; the board is dropped and the measurement retried on another board")
+                self.say(f"pool: {str(exc).splitlines()[0]}; the board is dropped and the measurement retried on "
+                         "another board")
         raise AssertionError("unreachable")
 
     def _protocol(self, artifact, **overrides):

@@ -1,4 +1,4 @@
-"""The pool's tracker: TVM's own RPC tracker (``python -m tvm.exec.rpc_tracker``), started and asked for status.
+"""The pool's tracker: TVM's own RPC tracker (tvm.rpc.tracker, what `python -m tvm.exec.rpc_tracker` runs).
 
 The tracker keeps, per device key, the boards that are free and a FIFO queue of the clients waiting for one;
 a board serves one client session at a time and is handed to the next client when that session ends.  That
@@ -18,13 +18,23 @@ from dataclasses import dataclass
 from edgekit.errors import DeviceUnreachableError, UsageError
 
 DEFAULT_PORT = 9190
+# What `python -m tvm.exec.rpc_tracker --silent` runs (tvm.rpc.tracker's server: tornado loop, PriorityScheduler),
+# in this one process instead of a second popen worker, and with torch's import blocked (`import tvm` would
+# import it: seconds of CPU the tracker does not need, minutes on a loaded machine).
+TRACKER_MAIN = (
+    "import sys\n"
+    "sys.modules['torch'] = None\n"
+    "from tvm.rpc.tracker import PopenTrackerServerState\n"
+    "server = PopenTrackerServerState(sys.argv[1], int(sys.argv[2]), int(sys.argv[2]) + 1, silent=True)\n"
+    "server.thread.join()\n")
 
 
 def parse_address(text: str, *, what: str = "--pool") -> tuple[str, int]:
     """``HOST:PORT`` -> (host, port), or a UsageError that says what is expected."""
     host, sep, port = str(text).rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"{what} {text!r} is not HOST:PORT", hint="e.g. 127.0.0.1:9190 (`edgekit pool start` prints it)")
+        raise UsageError(f"{what} {text!r} is not HOST:PORT",
+                         hint="e.g. 127.0.0.1:9190 (`edgekit pool start` prints it)")
     return host, int(port)
 
 
@@ -63,8 +73,8 @@ class TrackerProcess:
         self.stop()
 
 
-def start_tracker(host: str = "127.0.0.1", port: int = 0, *, ready_timeout_s: float = 60.0) -> TrackerProcess:
-    """Start ``python -m tvm.exec.rpc_tracker`` on ``host:port`` (port 0: a free one); return once it answers."""
+def start_tracker(host: str = "127.0.0.1", port: int = 0, *, ready_timeout_s: float = 180.0) -> TrackerProcess:
+    """Start TVM's RPC tracker on ``host:port`` (port 0: a free one); return once it answers."""
     try:
         import tornado  # noqa: F401  the tracker's event loop; fail here with the fix, not in the child
     except ImportError:
@@ -75,8 +85,7 @@ def start_tracker(host: str = "127.0.0.1", port: int = 0, *, ready_timeout_s: fl
             s.bind((host, 0))
             port = s.getsockname()[1]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port", str(port),
-                                "--port-end", str(port + 1), "--silent"],
+    process = subprocess.Popen([sys.executable, "-c", TRACKER_MAIN, host, str(port)],
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True, env=env)
     tracker = TrackerProcess(host, port, process)
