@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -32,35 +31,19 @@ def tiny(tmp_path_factory):
 # and the pruned model then runs ~0.05 ms, far under it.
 SLOW_KERNELS = [{"weight_shape": [8, 8, 3, 3], "out_shape": [1, 8, 28, 28], "sleep_ms": 1.0},
                 {"weight_shape": [16, 16, 3, 3], "out_shape": [1, 16, 14, 14], "sleep_ms": 1.0}]
-SLOW_SITE = Path(__file__).resolve().parents[1] / "edgekit" / "testing" / "slow_site"
-
-
-@pytest.fixture
-def slow_kernels_file():
-    """SLOW_KERNELS as a JSON file the board's login user can read (pytest's tmp dirs are private to root)."""
-    import shutil
-    import tempfile
-
-    directory = Path(tempfile.mkdtemp(prefix="edgekit-slow-kernels-"))
-    directory.chmod(0o755)
-    path = directory / "slow_kernels.json"
-    path.write_text(json.dumps(SLOW_KERNELS))
-    path.chmod(0o644)
-    yield path
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.mark.slow
 def test_device_vanishing_mid_search_is_a_clear_error_and_resumable(tiny, make_device, device_runtime_site,
-                                                                       slow_kernels_file, tmp_path):
+                                                                       tmp_path):
     from edgekit.compile import compile_model
     from edgekit.errors import DeviceError
     from edgekit.optimize import optimize_model
     from edgekit.optimize.devices import SshDevice
+    from edgekit.testing.slow_board import slow_board_env
 
     model, data, base = tiny
-    device = make_device(env={"PYTHONPATH": f"{device_runtime_site}:{SLOW_SITE}",
-                              "EDGEKIT_SLOW_KERNELS_FILE": str(slow_kernels_file)})
+    device = make_device(env=slow_board_env(device_runtime_site, SLOW_KERNELS))
     connect = device.connect_kwargs()
     artifact = compile_model(model, "host", input_shapes=[(1, 1, 28, 28)], out_dir=base / "artifacts")
     baseline_ms = SshDevice(device.host_spec, connect=connect).measure(artifact, repeats=30).stats["median_ms"]
