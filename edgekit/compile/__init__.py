@@ -181,7 +181,8 @@ def _compile_imported(imported, *, profile, tvm_target, tvm_version, recipe, tol
         if tuning_digest is not None:
             manifest["tuning"] = {"database": str(plan.database_dir), "records_sha256": tuning_digest,
                                   "kernels_tuned": len(plan.applied),
-                                  "kept_out_slower_than_default": plan.kept_out}
+                                  "kept_out_slower_than_default": plan.kept_out,
+                                  "kept_out_not_transferable": plan.not_transferable}
         (work_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         if final_dir.exists():
             shutil.rmtree(final_dir)

@@ -405,7 +405,7 @@ def plan_for_build(mod, tvm_target, db_path: Path, *, graph_optimized: bool = Fa
     """The records a build of ``mod`` applies (a tuning_db.BuildPlan: database, digest, kernels)."""
     from edgekit.compile.tuning_db import plan_build
 
-    return plan_build(lower_for_tuning(mod, tvm_target, graph_optimized=graph_optimized), db_path)
+    return plan_build(lower_for_tuning(mod, tvm_target, graph_optimized=graph_optimized), db_path, tvm_target)
 
 
 def applied_records_digest(mod, tvm_target, db_path: Path) -> tuple[str | None, int]:

@@ -232,15 +232,19 @@ class BuildPlan:
     digest: str | None  # goes into the artifact id
     applied: list[str] = field(default_factory=list)  # kernel names
     kept_out: list[str] = field(default_factory=list)  # kernels whose record is slower than default
+    not_transferable: list[str] = field(default_factory=list)  # kernels sharing an anchor whose trace fails on one
 
 
-def plan_build(lowered, db_path: Path) -> BuildPlan:
+def plan_build(lowered, db_path: Path, tvm_target=None) -> BuildPlan:
     """Which record each kernel of ``lowered`` (after fusion) gets.
 
     The best record of each kernel's anchor block, except those measured slower than the
     default schedule (``slower_than_default.json``).  The result is a MemoryDatabase with
     anchor-block equality holding only those records: every kernel sharing an anchor gets
-    the same best record, so one decision per anchor is exact.
+    the same best record, so one decision per anchor is exact.  With ``tvm_target``, a record
+    whose trace does not replay on one of the kernels sharing its anchor (a knob record of a
+    plain conv on its residual-add twin failed inside TVM and took the whole build with it)
+    is kept out for all of them: those kernels keep the default schedule.
     """
     import_tvm()
     from tvm import tirx
@@ -251,26 +255,38 @@ def plan_build(lowered, db_path: Path) -> BuildPlan:
     chosen = ms.database.MemoryDatabase(module_equality=MODULE_EQUALITY)
     digest = hashlib.sha256()
     plan = BuildPlan(database_dir=db_path, database=None, digest=None)
+    kernels = []  # (name, normalized kernel, record, key)
     for gvar, func in sorted(lowered.functions_items(), key=lambda item: item[0].name_hint):
         if not isinstance(func, tirx.PrimFunc):
             continue
-        record = best_record(database, normalized(func))
-        if record is None:
-            continue
-        key = record_key(record)
-        if key in slower:
-            plan.kept_out.append(gvar.name_hint)
-            digest.update(f"kept out {gvar.name_hint} {key}".encode())
+        mod = normalized(func)
+        record = best_record(database, mod)
+        if record is not None:
+            kernels.append((gvar.name_hint, mod, record, record_key(record)))
+    untransferable = set()
+    if tvm_target is not None:
+        from edgekit.compile.tune_gain import apply_record
+
+        for _, mod, record, key in kernels:
+            if key not in slower and key not in untransferable:
+                try:
+                    apply_record(mod, record, tvm_target)
+                except Exception:  # noqa: BLE001  (TVM's trace replay refusing this kernel)
+                    untransferable.add(key)
+    for name, _, record, key in kernels:
+        if key in slower or key in untransferable:
+            (plan.kept_out if key in slower else plan.not_transferable).append(name)
+            digest.update(f"kept out {name} {key}".encode())
             continue
         workload = chosen.commit_workload(record.workload.mod)
         chosen.commit_tuning_record(ms.database.TuningRecord(record.trace, workload, record.run_secs,
                                                              record.target, record.args_info))
-        plan.applied.append(gvar.name_hint)
-        digest.update(f"{gvar.name_hint} {key}".encode())
+        plan.applied.append(name)
+        digest.update(f"{name} {key}".encode())
     if plan.applied:
         plan.database = chosen
         plan.digest = digest.hexdigest()
-    elif plan.kept_out:
+    elif plan.kept_out or plan.not_transferable:
         plan.digest = digest.hexdigest()  # the id still says the database was consulted
     return plan
 
