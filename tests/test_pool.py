@@ -58,8 +58,11 @@ def test_two_clients_share_three_boards_and_finish_when_one_dies_mid_measurement
     clients = [subprocess.Popen([sys.executable, "-m", "edgekit.testing.pool_boards", tracker.address, "host",
                                  str(host_artifact.path), str(count), "--slow-kernels", SLOW_TINY_CONV],
                                 stdout=subprocess.PIPE, stderr=open(log, "wb")) for log in client_logs]
-    victim_device = wait_until_busy(devices)
-    assert victim_device is not None, "no board started measuring"
+    # The clients import torch and TVM first: over a minute on a loaded 2-core machine.
+    victim_device = wait_until_busy(devices, timeout_s=300)
+    assert victim_device is not None, ("no board started measuring: "
+                                       + " | ".join(f"client exit {c.poll()}: {log.read_text()[-800:]}"
+                                                    for c, log in zip(clients, client_logs)))
     victim = next(b for b in boards if b.device is victim_device)
     victim_device.stop()  # the board dies: its sshd, the RPC server and the runner it was running, all at once
     killed_at = time.time()
