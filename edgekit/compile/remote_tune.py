@@ -75,26 +75,8 @@ class PortForward:
 
     def _pump(self, client, channel) -> None:
         try:
-            while not self._closed.is_set():
-                ready, _, _ = select.select([client, channel], [], [], 1.0)
-                if client in ready:
-                    data = client.recv(1 << 16)
-                    if not data:
-                        break
-                    channel.sendall(data)
-                if channel in ready:
-                    data = channel.recv(1 << 16)
-                    if not data:
-                        break
-                    client.sendall(data)
-        except (OSError, EOFError):
-            pass
+            pump(client, channel, self._closed)
         finally:
-            for end in (channel, client):
-                try:
-                    end.close()
-                except Exception:
-                    pass
             with self._lock:
                 if (client, channel) in self._pairs:
                     self._pairs.remove((client, channel))
@@ -234,3 +216,28 @@ def alloc_with_numpy(session, device, args_info, alloc_repeat):
         repeated.append(args)
     return repeated
 
+
+
+def pump(sock, channel, closed: threading.Event) -> None:
+    """Copy bytes both ways between a local socket and an SSH channel until either end closes (or ``closed``)."""
+    try:
+        while not closed.is_set():
+            ready, _, _ = select.select([sock, channel], [], [], 1.0)
+            if sock in ready:
+                data = sock.recv(1 << 16)
+                if not data:
+                    break
+                channel.sendall(data)
+            if channel in ready:
+                data = channel.recv(1 << 16)
+                if not data:
+                    break
+                sock.sendall(data)
+    except (OSError, EOFError):
+        pass
+    finally:
+        for end in (channel, sock):
+            try:
+                end.close()
+            except Exception:  # noqa: BLE001  (already closed by the other side)
+                pass

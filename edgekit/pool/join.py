@@ -13,13 +13,12 @@ server is edgekit/onboard/pool_server.py: TVM's listen loop plus two functions (
 
 from __future__ import annotations
 
-import select
 import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from edgekit.compile.remote_tune import DEVICE_ROOT, SERVER_TIME_LIMIT_S, PortForward, _check_machine
+from edgekit.compile.remote_tune import DEVICE_ROOT, SERVER_TIME_LIMIT_S, PortForward, _check_machine, pump
 from edgekit.errors import DeviceRuntimeError
 from edgekit.onboard import inline_source
 from edgekit.pool.tracker import parse_address
@@ -47,27 +46,7 @@ class ReverseForward:
         except OSError:
             channel.close()
             return
-        try:
-            while not self._closed.is_set():
-                ready, _, _ = select.select([sock, channel], [], [], 1.0)
-                if sock in ready:
-                    data = sock.recv(1 << 16)
-                    if not data:
-                        break
-                    channel.sendall(data)
-                if channel in ready:
-                    data = channel.recv(1 << 16)
-                    if not data:
-                        break
-                    sock.sendall(data)
-        except (OSError, EOFError):
-            pass
-        finally:
-            for end in (channel, sock):
-                try:
-                    end.close()
-                except Exception:
-                    pass
+        pump(sock, channel, self._closed)
 
     def close(self) -> None:
         self._closed.set()
