@@ -173,7 +173,7 @@ def test_a_second_model_sharing_a_layer_spends_no_trials_on_it(tuned, tmp_path):
     lines = []
     started = time.monotonic()
     second = tune_model(_conv_other_epilogue_model(), "host", trials=200, time_budget_s=1, trials_per_iter=2,
-                        input_shapes=[SHAPE], log=lines.append)
+                        input_shapes=[SHAPE], search="metaschedule", log=lines.append)
     assert second.stopped_by == "time_budget" and time.monotonic() - started < 300  # after its first batch
     assert second.database_dir == first.database_dir, "one database per target, shared by models"
     shared = next(t for t in second.tasks if "conv2d" in t.name and "sigmoid" in t.name)

@@ -239,8 +239,10 @@ def test_metric_hook_scores_every_step_of_compress(project):
                             metric="userpkg.metrics:balanced_accuracy", progress=False)
     report = result.report.to_dict()
     assert report["data"]["metric"] == "userpkg.metrics:balanced_accuracy"
-    assert [c["examples"] for c in userpkg.metrics.CALLS] == [60, 60]  # before and after the step, on the test split
-    assert report["before"]["accuracy"] == round(userpkg.metrics.CALLS[0]["value"], 4)
+    # Before and after the step, on the test split, and the near-chance check's constant guesses
+    # (edgekit.data.data_checks.near_chance scores them with the same metric).
+    assert [c["examples"] for c in userpkg.metrics.CALLS] == [60, 60, 60, 60]
+    assert report["before"]["accuracy"] in [round(c["value"], 4) for c in userpkg.metrics.CALLS]
     test = project["splits"].test
     assert report["before"]["accuracy"] == round(top1(model_outputs(project["model"], test), test.y), 4)  # balanced
 

@@ -294,7 +294,8 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
                 left_s = None if time_budget_s is None else time_budget_s - (time.monotonic() - started)
                 if "metaschedule" not in searches:
                     pass
-                elif left_s is None or left_s >= MIN_SEARCH_S:
+                elif left_s is None or left_s >= MIN_SEARCH_S or "knobs" not in searches:
+                    left_s = None if left_s is None else max(1.0, left_s)  # alone, it gets at least a batch
                     per_iter = trials_per_iter or _trials_per_iter(budget, len(to_tune), left_s,
                                                                   num_cores(tvm_target))
                     monitor, model_stats = _search(to_tune, tvm_target, db_path, database, budget, per_iter,
@@ -304,7 +305,8 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
             elapsed = time.monotonic() - started
             gains = measure_gains(tasks, db_path, tvm_target, measurer, say, defaults)
         if monitor is None:
-            stopped = "time_budget" if knob_results else "nothing_to_do"
+            out_of_time = time_budget_s is not None and time.monotonic() - started >= time_budget_s
+            stopped = "time_budget" if knob_results or out_of_time else "nothing_to_do"
         elif monitor.out_of_time:
             stopped = "time_budget"
         else:
