@@ -7,8 +7,10 @@ own search space (multi-level tiling from scratch) needs thousands of trials to 
 schedules at 224x224, so a short tuning budget is better spent here first: every tile and loop
 order the rule can take (10-30 per conv kernel), built and measured in one batch per kernel.
 A variant faster than the default schedule goes into the database as an ordinary MetaSchedule
-tuning record (its schedule trace), so builds, the anchor-block sharing across models and the
-slower-than-default veto of edgekit.compile.tune_gain treat it like any other record.
+tuning record (its schedule trace), so builds and the slower-than-default veto of
+edgekit.compile.tune_gain treat it like any other record.  One exception: TVM's trace replay
+does not carry these traces over to a conv with another fused epilogue (anchor-block sharing),
+so builds keep such a record out there (tuning_db.plan_build) and the twin keeps its default.
 
     space = knob_space(kernel_mod, cpu)           # ConvSpace | MatmulSpace | None
     schedules_of(space, space.first_round())      # {ConvKnobs(ct=2, tw=7, ...): traced Schedule}
