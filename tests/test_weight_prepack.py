@@ -63,3 +63,27 @@ def test_an_int8_build_packs_its_weights_at_compile_time(tmp_path):
     assert any(n.endswith("_prepacked") for n in names), names
     assert not [n for n in names if "weight_prepack" in n], names
     assert result.output_check["passed"] and result.output_check["max_abs_error"] < 1e-5
+
+
+def test_a_float_conv_build_streams_blocked_weights_packed_at_compile_time(tmp_path):
+    """fp32 convs read their weights as [O/block][KH][KW][I][block] (one register tile's channels contiguous),
+    packed into the constants at compile time; the kernels still match torch and map to their modules."""
+    import torch
+
+    from edgekit.compile import compile_model
+    from edgekit.measure.kernel_sources import PREPACKED_KERNEL_SUFFIX
+    from edgekit.run import run_artifact
+
+    torch.manual_seed(0)
+    # A deep 3x3 conv at 4x4 (weights outweigh the input: streamed oc-block by oc-block), a 1x1 conv and a
+    # grouped conv: every non-depthwise conv the rule tiles gets blocked weights.
+    model = torch.nn.Sequential(torch.nn.Conv2d(64, 128, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(128, 64, 1), torch.nn.Conv2d(64, 64, 3, padding=1, groups=4)).eval()
+    artifact = compile_model(model, "host", input_shapes=[(1, 64, 4, 4)], out_dir=tmp_path, tuning=False,
+                             frontend="torch.export")
+    assert len(artifact.manifest["schedules"]["by_rule"].get("ConvNHWC", [])) == 3, artifact.manifest["schedules"]
+    result = run_artifact(artifact, warmup=0, repeats=1, kernels=True)
+    names = [k["name"] for k in result.to_dict()["kernels"]]
+    assert sum(n.endswith(PREPACKED_KERNEL_SUFFIX) for n in names) == 3, names
+    assert not [n for n in names if "weight_prepack" in n], names  # no packing left to run per call
+    assert result.output_check["passed"] and result.output_check["max_abs_error"] < 1e-4, result.output_check

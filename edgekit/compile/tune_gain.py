@@ -123,7 +123,10 @@ def _measure(mods: dict, tvm_target, measurer, times: dict, errors: dict) -> Non
         if result.error_msg:
             errors[key] = str(result.error_msg).strip().splitlines()[-1][:200]
             continue
-        runs.append(ms.runner.RunnerInput(result.artifact_path, "cpu", ms.arg_info.ArgInfo.from_prim_func(m["main"])))
+        # The arguments of the kernel as built: the builder drops a weight-packing stage (it runs once, at
+        # compile time), so the kernel takes the packed weight, as MetaSchedule's own candidates do.
+        args = ms.arg_info.ArgInfo.from_entry_func(m, remove_preproc=True)
+        runs.append(ms.runner.RunnerInput(result.artifact_path, "cpu", args))
         keys.append(key)
     for key, future in zip(keys, measurer.runner.run(runs)):
         result = future.result()

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+PREPACKED_KERNEL_SUFFIX = "_prepacked"
 # FX op (aten name, overload dropped) -> the family its legalized PrimFuncs are named for.
 FX_FAMILIES = {
     "convolution": "conv", "conv2d": "conv", "conv1d": "conv", "conv_transpose2d": "conv",
@@ -174,6 +175,10 @@ def _link(anchors, before, after) -> dict[str, KernelSource]:
                         source.module_types.append(kind)
     for source in sources.values():
         source.compilation_artifact = not source.modules and set(source.ops) <= LAYOUT_OPS
+    # A kernel whose weights are packed at compile time is called NAME_prepacked in the library (TVM's
+    # SplitLayoutRewritePreproc moves the packing out of NAME; edgekit.compile.weight_prepack folds it).
+    for name in list(sources):
+        sources.setdefault(name + PREPACKED_KERNEL_SUFFIX, sources[name])
     return sources
 
 

@@ -167,6 +167,8 @@ def schedule_conv(kernel: ConvKernel, cpu, *, depthwise: bool, tile: Tile | None
     """
     sch, conv = kernel.sch, kernel.conv.rv
     tile = tile or choose_tile(kernel, cpu, depthwise=depthwise)
+    if not depthwise:
+        _pack_weights(sch, conv, tile.ct * tile.lanes)
 
     if kernel.epilogue:
         if not inline_into_last(sch, kernel.epilogue):
@@ -180,14 +182,21 @@ def schedule_conv(kernel: ConvKernel, cpu, *, depthwise: bool, tile: Tile | None
     n_spatial = len(kernel.spatial)
     sp, rd = loops[:n_spatial], loops[n_spatial:]
     n, rows, ow, oc = sp[0], sp[1:-2], sp[-2], sp[-1]
+    if weights_outer is None:
+        weights_outer = default_weights_outer(kernel, depthwise=depthwise)
+    # Rows outermost: the zero padding is computed per chunk of output rows, into a buffer that stays
+    # in L2.  Per single row, a 3x3 conv padded every input row three times.
+    pads = kernel.pad is not None and not _is_copy(sch, kernel.pad.rv)
+    chunk = padded_row_chunk(kernel) if pads and not weights_outer else 1
+    if rows and chunk > 1:
+        rows = [*sch.split(rows[0], [None, chunk]), *rows[1:]]
+    parallel_rows = rows[:1] if chunk > 1 else rows  # the padding runs per chunk: the rows under it stay serial
     ow_o, ow_i = sch.split(ow, [None, tile.tw])
     oc_o, oc_t, oc_v = sch.split(oc, [None, tile.ct, tile.lanes])
 
     # Weights that outweigh the input (1x1 and deep 3x3 convs at 7x7/14x14: ResNet-18's last stage
     # has 9.4 MB of weights for a 100 KB input) are streamed once with oc_o outermost; otherwise
     # rows outermost keep the padded input rows hot while all output channels are computed.
-    if weights_outer is None:
-        weights_outer = default_weights_outer(kernel, depthwise=depthwise)
     outer = [oc_o, n, *rows, ow_o] if weights_outer else [n, *rows, ow_o, oc_o]
     inner = [ow_i, oc_t, oc_v]
     if ic_unroll > 1 and not depthwise and kernel.reduce[-1] % ic_unroll == 0:
@@ -197,7 +206,7 @@ def schedule_conv(kernel: ConvKernel, cpu, *, depthwise: bool, tile: Tile | None
     sch.reorder(*outer, *rd, *inner)
     sch.reverse_compute_at(out, outer[-1], preserve_unit_loops=True)
 
-    # Padding: per output row when rows lead (the rows a tile needs stay in L1); otherwise once.
+    # Padding: per chunk of output rows when rows lead (the rows a tile needs stay hot); otherwise once.
     if kernel.pad is not None:
         if _is_copy(sch, kernel.pad.rv):
             sch.compute_inline(kernel.pad.rv)
@@ -220,7 +229,7 @@ def schedule_conv(kernel: ConvKernel, cpu, *, depthwise: bool, tile: Tile | None
         sch.vectorize(lane)
 
     if kernel.macs >= PARALLEL_MIN_MACS and cpu.num_cores > 1:
-        sch.parallel(outer[0] if weights_outer else _fuse_batch_rows(sch, n, rows))
+        sch.parallel(outer[0] if weights_outer else _fuse_batch_rows(sch, n, parallel_rows))
 
     # After the vectorize/unroll annotations: decompose_reduction before them leaves an update
     # block that vectorize refuses ("does not have compact dataflow").
@@ -231,6 +240,48 @@ def schedule_conv(kernel: ConvKernel, cpu, *, depthwise: bool, tile: Tile | None
     if kernel.tail and not _schedule_tail(sch, kernel.tail, cpu):
         return None
     return sch
+
+
+def _pack_weights(sch, conv, block: int) -> None:
+    """HWIO -> [O/block][KH][KW][I][block]: the weights of one register tile's output channels, contiguous.
+
+    In HWIO a tile's weights are a 4*block-byte slice every O*4 bytes: walking the reduction
+    steps across the whole weight tensor, a page or two per step (ResNet-18's 7x7x512 convs ran
+    at a fifth of the 56x56 stage's GFLOP/s, bound by TLB misses and a prefetcher that never
+    locks on).  Blocked, each tile streams one contiguous run.  Packed once at compile time: the
+    stage is marked for SplitLayoutRewritePreproc and edgekit.compile.weight_prepack folds it.
+    """
+    packed = sch.cache_read(conv, 1, "global")
+    rank = len(sch.get(packed).writes[0].source.shape)
+    if rank == 4:
+        sch.transform_layout(packed, ("write", 0), lambda kh, kw, i, o: (o // block, kh, kw, i, o % block))
+    elif rank == 3:
+        sch.transform_layout(packed, ("write", 0), lambda kw, i, o: (o // block, kw, i, o % block))
+    else:
+        raise ValueError(f"weights of rank {rank}: not a conv this schedule packs")
+    sch.annotate(packed, "meta_schedule.layout_rewrite_preproc", 1)
+
+
+# The padded input rows one chunk of output rows reads: within the L2 of every CPU profile (256 KB per
+# core on a Cortex-A72, 512 KB on an A76, 1-2 MB on x86).
+PAD_CHUNK_BYTES = 256 * 1024
+
+
+def padded_row_chunk(kernel: ConvKernel) -> int:
+    """Output rows per padding step (a divisor of the output height): their padded input rows fit in
+    PAD_CHUNK_BYTES.  1 for a conv without a padding stage."""
+    if kernel.pad is None or len(kernel.spatial) != 4:
+        return 1
+    _, padded_h, padded_w, channels = kernel.pad.extents
+    out_h, kh = kernel.spatial[1], kernel.reduce[0]
+    row_bytes = 4 * padded_w * channels
+    # chunk output rows read about chunk * padded_h / out_h + kh padded rows
+    fit = int((PAD_CHUNK_BYTES // row_bytes - kh) * out_h / padded_h)
+    best = 1
+    for chunk in range(1, min(fit, out_h) + 1):
+        if out_h % chunk == 0:
+            best = chunk
+    return best
 
 
 def default_weights_outer(kernel: ConvKernel, *, depthwise: bool) -> bool:
