@@ -61,3 +61,52 @@ def test_zero_pads_become_conv_padding_and_the_build_matches_torch(quantized, tm
     assert sum("pad" in name and "conv2d" not in name and "prepack" not in name for name in kernels) <= 1, kernels
     if quantized:
         assert len(artifact.manifest["schedules"]["by_rule"].get("Int8Conv2D", [])) == 2
+
+
+class _MaskedAttentionScores:
+    """softmax(q k^T / 4 + mask) over 37 keys (off every vector grid: 37 is prime), some keys masked with -inf."""
+
+    TOKENS = 37
+
+    @staticmethod
+    def build():
+        import torch
+
+        class Scores(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                mask = torch.zeros(_MaskedAttentionScores.TOKENS, _MaskedAttentionScores.TOKENS)
+                mask[::3, -5:] = float("-inf")  # padding keys, as a key-padding mask writes them
+                self.register_buffer("mask", mask)
+
+            def forward(self, x):
+                return torch.softmax(x @ x.transpose(-1, -2) / 4 + self.mask, dim=-1)
+
+        return Scores().eval()
+
+
+def test_softmax_rows_off_the_vector_grid_are_padded_with_minus_inf_and_match_torch(tmp_path):
+    import torch
+
+    from edgekit.compile import compile_model
+    from edgekit.compile.frontend import import_model
+    from edgekit.compile.graph_passes import softmax_rows_on_the_vector_grid
+    from edgekit.run import run_artifact
+
+    tokens = _MaskedAttentionScores.TOKENS
+    model = _MaskedAttentionScores.build()
+    imported = import_model(model, input_shapes=[(1, tokens, 16)], frontend="torch.export")
+    script = softmax_rows_on_the_vector_grid(16)(imported.mod)["main"].script()
+    assert f"R.Tensor((1, {tokens}, 48)" in script and 'pad_value="-inf"' in script, script
+    assert "R.strided_slice(" in script
+    # Rows already on the grid, or too short to vectorize, are left alone.
+    assert "R.nn.pad(" not in softmax_rows_on_the_vector_grid(37)(imported.mod)["main"].script()
+    assert "R.nn.pad(" not in softmax_rows_on_the_vector_grid(32)(imported.mod)["main"].script()
+
+    artifact = compile_model(model, "host", input_shapes=[(1, tokens, 16)], out_dir=tmp_path, tuning=False,
+                             frontend="torch.export")
+    softmax_kernels = [k for k in artifact.manifest["schedules"]["by_rule"].get("RowReduction", []) if "softmax" in k]
+    assert softmax_kernels, artifact.manifest["schedules"]
+    result = run_artifact(artifact, warmup=0, repeats=1)
+    assert result.output_check["passed"] and result.output_check["max_abs_error"] < 1e-6, result.output_check
+    assert torch.isinf(model.mask).any()  # the masked keys really were -inf, and came out as 0

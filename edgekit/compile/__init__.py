@@ -29,7 +29,8 @@ DEFAULT_OUT_DIR = Path("edgekit-artifacts")
 # 7: batch-1 dense streamed by weight rows; ONNX shape arithmetic folded on import; int8 weights packed at compile time;
 # 8: explicit zero pads merged into the next conv's padding; signed int8 1x1 convs shifted to u8 on VNNI; int8 SE pools;
 # 9: nearbyint (int8 requantize) vectorized; 10: conv channel vectors of any width dividing the channels;
-# 11: fp32 conv weights blocked by register tile ([O/block][KH][KW][I][block]), packed at compile time
+# 11: fp32 conv weights blocked by register tile ([O/block][KH][KW][I][block]), packed at compile time; softmax
+# rows off the vector grid padded with -inf
 PIPELINE_VERSION = 11
 
 __all__ = ["compile_model", "DEFAULT_OUT_DIR"]

@@ -95,7 +95,9 @@ def optimize_graph(mod, target):
     from tvm import relax
 
     from edgekit.compile.const_fold import FoldConstantsWithNumpy
-    from edgekit.compile.graph_passes import explicit_pads_into_convs, integer_quantized_ops, layout_passes
+    from edgekit.compile.graph_passes import (explicit_pads_into_convs, integer_quantized_ops, layout_passes,
+                                              softmax_rows_on_the_vector_grid)
+    from edgekit.compile.schedules import cpu_info
 
     # Integer kernels first (CPU only): FoldConstant would turn the int8 weights into float constants.
     integer = [integer_quantized_ops(unsigned_activations=_dot_product_is_unsigned(target))] \
@@ -103,6 +105,8 @@ def optimize_graph(mod, target):
     passes = [explicit_pads_into_convs(), *integer, relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
               relax.transform.CanonicalizeBindings(), FoldConstantsWithNumpy(), relax.transform.FoldConstant(),
               *layout_passes(target)]
+    if target.kind.name == "llvm":
+        passes.append(softmax_rows_on_the_vector_grid(cpu_info(target).f32_lanes))
     try:
         return tvm.transform.Sequential(passes)(mod)
     except EdgekitError:
