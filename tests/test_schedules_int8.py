@@ -217,3 +217,37 @@ def test_requantize_rounding_is_vectorized():
     llvm_ir = tvm.tirx.build(sch.mod, target=target).inspect_source("ll")
     assert "llvm.nearbyint.v8f32" in llvm_ir
     assert "masked.gather" not in llvm_ir and "masked.scatter" not in llvm_ir
+
+
+def test_int8_depthwise_convs_sum_in_float_on_x86_and_stay_exact(tmp_path):
+    """x86: a depthwise conv reads int8 but multiplies and sums in float32 (exact below 2^24); others sum in int32."""
+    import torch
+    from torch import nn
+
+    from edgekit.compile import compile_model
+    from edgekit.compile.frontend import import_model
+    from edgekit.compile.graph_passes import integer_quantized_ops
+    from edgekit.compress.quantize import QuantizeConfig, quantize_model
+    from edgekit.run import run_artifact
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 32, 1), nn.ReLU6(),
+                          nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.ReLU6(),  # padded, u8 input
+                          nn.Conv2d(32, 32, 5, stride=2, groups=32),               # unpadded, s8 input
+                          nn.Conv2d(32, 16, 1)).eval()
+    quantized = quantize_model(model, _Calibration(), QuantizeConfig(calibration_size=16))
+    imported = import_model(quantized, input_shapes=[SHAPE], frontend="torch.export").mod
+    for float_depthwise, expected in ((True, "float32"), (False, "int32")):
+        script = integer_quantized_ops(unsigned_activations=True, float_depthwise=float_depthwise)(imported).script()
+        convs = [line for line in script.splitlines() if "R.nn.conv2d(" in line]
+        depthwise = [line for line in convs if "groups=32" in line]
+        assert len(convs) == 4 and len(depthwise) == 2, convs
+        assert all(f'out_dtype="{expected}"' in line for line in depthwise), depthwise
+        assert all('out_dtype="int32"' in line for line in convs if line not in depthwise), convs
+
+    artifact = compile_model(quantized, "host", input_shapes=[SHAPE], out_dir=tmp_path, tuning=False,
+                             tolerance={"atol": 1e-4, "rtol": 1e-4})
+    schedules = artifact.manifest["schedules"]
+    assert not schedules["unscheduled"] and len(schedules["by_rule"].get("DepthwiseNHWC", [])) == 2, schedules
+    check = run_artifact(artifact, warmup=0, repeats=1).output_check
+    assert check["passed"] and check["max_abs_error"] < 1e-5, check

@@ -100,7 +100,8 @@ def optimize_graph(mod, target):
     from edgekit.compile.schedules import cpu_info
 
     # Integer kernels first (CPU only): FoldConstant would turn the int8 weights into float constants.
-    integer = [integer_quantized_ops(unsigned_activations=_dot_product_is_unsigned(target))] \
+    integer = [integer_quantized_ops(unsigned_activations=_dot_product_is_unsigned(target),
+                                     float_depthwise=cpu_info(target).arch == "x86_64")] \
         if target.kind.name == "llvm" else []
     passes = [explicit_pads_into_convs(), *integer, relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
               relax.transform.CanonicalizeBindings(), FoldConstantsWithNumpy(), relax.transform.FoldConstant(),
