@@ -205,3 +205,129 @@ def test_a_board_without_the_runtime_is_refused_with_what_to_do(make_device, tra
     assert "edgekit device setup" in str(failure.value.hint)
     assert pool_status(tracker.address)["keys"] == {}
     assert _wait_for(lambda: not _processes_left([device])), _processes_left([device])
+
+
+def _conv_pt2(path):
+    """A conv + ReLU saved as a .pt2 (what `edgekit tune`/`profile --model` read)."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU()).eval()
+    torch.export.save(torch.export.export(model, (torch.randn(1, 8, 16, 16),)), str(path))
+    return path
+
+
+def _watch_holders(address, seen, stop):
+    """Every holder `pool status` reports while a client runs (polled from a thread)."""
+    from edgekit.pool import pool_status
+
+    while not stop.is_set():
+        try:
+            for k in pool_status(address)["keys"].values():
+                seen.extend(k["held_by"].values())
+        except Exception:  # noqa: BLE001  (the tracker is busy or going away: poll again)
+            pass
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_tune_with_pool_measures_candidates_on_boards_borrowed_from_the_tracker(make_device, tracker, tmp_path,
+                                                                                 monkeypatch):
+    import threading
+
+    from edgekit.testing.pool_boards import join_board
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    devices = [make_device() for _ in range(2)]
+    boards = [join_board(d, tracker.address, log_dir=tmp_path) for d in devices]
+    model = _conv_pt2(tmp_path / "conv.pt2")
+    seen, stop = [], threading.Event()
+    watcher = threading.Thread(target=_watch_holders, args=(tracker.address, seen, stop), daemon=True)
+    watcher.start()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", "tune", "--model", str(model),
+                                 "--target", "host", "--trials", "4", "--pool", tracker.address, "--key", "host",
+                                 "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+        for board in boards:
+            board.leave()
+    assert proc.returncode == 0, err[-3000:]
+    report = json.loads(out)
+    assert report["remote"] == f"pool {tracker.address} key host", report["remote"]
+    assert "2 board(s) of key 'host', 2 candidate(s) measured at once" in err
+    assert report["trials_ok"] >= 2, report.get("errors")  # candidates timed on the boards, not failed
+    database = tmp_path / "cache" / "tuning" / "host"
+    records = [line for f in database.glob("*/database_tuning_record.json") for line in f.read_text().splitlines()]
+    assert len(records) >= report["trials_ok"]
+    meta = json.loads(next(database.glob("*/fingerprint.json")).read_text())
+    assert meta["device"]["machine"] and meta["fingerprint"] == report["fingerprint"]
+    # The tracker recorded the tuning run as the holder of the boards it measured on.
+    tuners = [h for h in seen if h["verb"] == "tune" and h["pid"] == proc.pid]
+    assert tuners, seen[:5]
+    assert _wait_for(lambda: not _processes_left(devices)), _processes_left(devices)
+
+
+@pytest.mark.slow
+def test_profile_with_pool_times_the_cost_card_on_a_pool_board(make_device, tracker, tmp_path):
+    from edgekit.testing.pool_boards import join_board
+
+    board = join_board(make_device(), tracker.address, log_dir=tmp_path)
+    model = _conv_pt2(tmp_path / "conv.pt2")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "profile", "--model", str(model),
+                               "--target", "host", "--pool", tracker.address, "--key", "host", "--repeats", "10",
+                               "--kernel-repeats", "10", "--report-dir", str(tmp_path / "card"),
+                               "-o", str(tmp_path / "out"), "--json"], capture_output=True, text=True, timeout=300)
+    finally:
+        board.leave()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads(proc.stdout)
+    assert card["device"]["pool_unit"] == board.unit and card["device"]["pool_key"] == "host"
+    rows = card["kernels"]  # every kernel timed on the board, mapped to the module it came from
+    conv = [r for r in rows if "conv" in r["name"]]
+    assert conv and all(r["total_ms"] > 0 and r["macs"] > 0 for r in conv), rows
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0, abs=0.02)
+    assert card["model_median_ms"] > 0
+    assert (tmp_path / "card" / "cost_card.json").is_file()
+    assert _wait_for(lambda: not _processes_left([board.device])), _processes_left([board.device])
+
+
+@pytest.mark.slow
+def test_pool_status_shows_who_holds_each_board_and_who_waits(make_device, tracker, host_artifact, tmp_path):
+    from edgekit.pool import PoolDevice, pool_status
+    from edgekit.testing.pool_boards import join_board
+
+    board = join_board(make_device(), tracker.address, log_dir=tmp_path)
+    holder = PoolDevice(tracker.address, "host")
+    waiter = None
+    try:
+        session = holder._session()  # this process holds the pool's only board
+        status = pool_status(tracker.address)["keys"]["host"]
+        me = status["held_by"][board.address]
+        assert me["pid"] == holder.identity_of_client["pid"] and "@" in me["user"], status
+        # A second client, `edgekit run`, waits in the tracker's queue for the board.
+        waiter = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", "run", "--artifact",
+                                   str(host_artifact.path), "--pool", tracker.address, "--key", "host",
+                                   "--repeats", "5", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        queued = _wait_for(lambda: pool_status(tracker.address)["keys"]["host"]["queue"], timeout_s=180)
+        assert [(q["pid"], q["verb"]) for q in queued] == [(waiter.pid, "run")], queued
+        shown = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "pool", "status", "--pool",
+                                tracker.address], capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert f"{board.address}  in use by {me['user']} pid {me['pid']}" in shown.stdout, shown.stdout
+        assert f"queued 1: {me['user']} pid {waiter.pid} (run)" in shown.stdout, shown.stdout
+        del session  # the board goes back: the waiting client gets it
+        out, err = waiter.communicate(timeout=180)
+        assert waiter.returncode == 0, err[-2000:]
+        assert json.loads(out)["device"]["pool_unit"] == board.unit
+        after = _wait_for(lambda: (lambda k: not k["held_by"] and k["free"] == 1 and k)(
+            pool_status(tracker.address)["keys"]["host"]))
+        assert after and after["queue"] == [], pool_status(tracker.address)
+    finally:
+        if waiter is not None and waiter.poll() is None:
+            waiter.kill()
+        board.leave()

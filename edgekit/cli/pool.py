@@ -38,7 +38,8 @@ def register(subparsers) -> None:
     add_targets_dir_option(join)
     join.set_defaults(func=run_join)
 
-    status = verbs.add_parser("status", help="boards, keys, free/busy boards and queued requests")
+    status = verbs.add_parser("status", help="boards and keys, who holds each board (user@host, pid, verb), "
+                                             "and the queue")
     status.add_argument("--pool", required=True, metavar="HOST:PORT", help="the pool's tracker")
     add_json_option(status)
     status.set_defaults(func=run_status)
@@ -83,7 +84,7 @@ def run_join(args) -> int:
 
 
 def run_status(args) -> int:
-    from edgekit.pool.tracker import pool_status
+    from edgekit.pool.tracker import describe_client, pool_status
 
     status = pool_status(args.pool)
     if args.json:
@@ -96,5 +97,9 @@ def run_status(args) -> int:
         print(f"  key {key}: {len(k['boards'])} board(s), {k['free']} free, {k['busy']} busy, "
               f"{k['queued_requests']} request(s) queued")
         for board in k["boards"]:
-            print(f"    {board}")
+            holder = k["held_by"].get(board)
+            print(f"    {board}  " + (f"in use by {describe_client(holder)} for {holder['held_s']:g} s" if holder
+                                      else "free"))
+        for i, waiting in enumerate(k["queue"], 1):
+            print(f"    queued {i}: {describe_client(waiting)}, waiting {waiting['waiting_s']:g} s")
     return 0

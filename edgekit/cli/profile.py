@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from edgekit.cli.options import (add_model_options, add_one_device_options, connect_kwargs, input_shapes,
-                                 measure_overrides)
+from edgekit.cli.options import (add_model_options, add_one_device_options, add_pool_options, connect_kwargs,
+                                 input_shapes, measure_overrides, pool_device)
 from edgekit.cli.output import emit_json, info, progress
 
 
@@ -20,6 +20,7 @@ def register(subparsers) -> None:
                                                                         "(default: %(default)s)")
     parser.add_argument("--kernel-repeats", type=int, default=None, help="timed repeats of each kernel")
     add_one_device_options(parser)
+    add_pool_options(parser)  # --pool/--key: the card measured on a board borrowed from the pool
     parser.set_defaults(func=run)
 
 
@@ -35,10 +36,15 @@ def run(args) -> int:
     measure = cli_stopping_rule(measure_overrides(args), profile.measure)
     if args.kernel_repeats is not None:
         measure["kernel_repeats"] = args.kernel_repeats
-    with progress(f"profiling on {args.host or 'this machine'}"):
-        card = profile_model(args.model, profile, args.host, input_shapes=input_shapes(args),
-                             connect=connect_kwargs(args) if args.host else None, out_dir=args.out_dir,
-                             emulated=args.emulated, root=args.root if args.host else None, **measure)
+    pool = pool_device(args, profile.name, say=info)
+    if pool is not None:
+        with progress(f"profiling on a '{pool.key}' board of the pool {pool.address}"):
+            card = _profile_on_pool(args, profile, pool, measure)
+    else:
+        with progress(f"profiling on {args.host or 'this machine'}"):
+            card = profile_model(args.model, profile, args.host, input_shapes=input_shapes(args),
+                                 connect=connect_kwargs(args) if args.host else None, out_dir=args.out_dir,
+                                 emulated=args.emulated, root=args.root if args.host else None, **measure)
     files = card.write(args.report_dir)
     if args.json:
         emit_json({**card.to_dict(), "files": files})
@@ -53,3 +59,17 @@ def run(args) -> int:
         print(f"optimize   {s['module']} ({s['share']:.1%}): {s['option']}")
     info(f"wrote {files['markdown']}, {files['json']}, {files['png']}")
     return 0
+
+
+def _profile_on_pool(args, profile, pool, measure):
+    """profile_model's steps, with the kernels timed on a board borrowed from the pool."""
+    from edgekit.compile import compile_model
+    from edgekit.measure.cost_card import build_card, kernel_sources_for
+    from edgekit.models import load_model
+
+    loaded = load_model(args.model)
+    artifact = compile_model(loaded, profile, input_shapes=input_shapes(args), out_dir=args.out_dir)
+    sources, macs = kernel_sources_for(loaded, profile, artifact)
+    report = pool.measure(artifact, kernels=True, **measure)
+    per_core = profile.peak_gflops_per_core
+    return build_card(report, sources, macs, peak_gflops=per_core * report.threads if per_core else None)

@@ -2,6 +2,7 @@
 
     edgekit tune --model zoo:fmnist-resnet --target host --trials 200 --time-budget-s 1200
     edgekit tune --model m.pt2 --target rpi4 --host pi@board --trials 200     # measured on the board
+    edgekit tune --model m.pt2 --target rpi4 --pool 127.0.0.1:9190 --key rpi4   # on boards borrowed from the pool
     edgekit tune ... --resume        # --trials is then the total, trials already recorded included
     edgekit tune ... --refine        # search kernels the database already has records for, too
     edgekit tune ... --search knobs  # only edgekit's own schedule knobs: a minute or two for a 224 CNN
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from edgekit.cli.compile import add_model_options
 from edgekit.cli.deploy import add_connection_options, connect_kwargs
+from edgekit.cli.options import add_pool_options
 from edgekit.cli.output import add_json_option, add_targets_dir_option, emit_json, info
 from edgekit.compile.tune import SEARCH_CHOICES
 from edgekit.errors import UsageError
@@ -45,6 +47,7 @@ def register(subparsers) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="threads candidates are measured with (default: the profile's)")
     add_connection_options(parser, several=True)
+    add_pool_options(parser)  # --pool/--key: candidates measured on boards borrowed from the pool, one per board
     add_targets_dir_option(parser)
     add_json_option(parser)
     parser.set_defaults(func=run)
@@ -57,6 +60,14 @@ def run(args) -> int:
 
     if getattr(args, "inventory", None) or len(args.host) > 1:
         raise UsageError("tune measures on one device at a time", hint="give a single --host")
+    if args.key and not args.pool:
+        raise UsageError("--key names boards of a pool: give --pool HOST:PORT too")
+    if args.pool and args.host:
+        raise UsageError("give --pool or --host, not both", hint="--pool borrows boards; --host names one")
+    if args.pool:
+        from edgekit.pool.tracker import parse_address
+
+        parse_address(args.pool)
     profile = load_target(args.target, args.targets_dir)
     shapes = [parse_input_shape(s) for s in args.input_shape] if args.input_shape else None
     remote_options = {}
@@ -64,6 +75,7 @@ def run(args) -> int:
         remote_options = {**connect_kwargs(args), "root": args.root}
     report = tune_model(args.model, profile, trials=args.trials, time_budget_s=args.time_budget_s,
                         resume=args.resume, refine=args.refine, host=args.host[0] if args.host else None, input_shapes=shapes,
+                        pool=args.pool, pool_key=args.key,
                         frontend=args.frontend, database_path=args.database, threads=args.threads, search=args.search, log=info,
                         **remote_options)
     if args.json:

@@ -199,7 +199,8 @@ def _trials_per_iter(budget: int, n_tasks: int, time_budget_s: float | None = No
 
 def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float | None = None,
                resume: bool = False, refine: bool = False, host: str | None = None, remote=None,
-               input_shapes=None, example_inputs=None, frontend: str = "auto",
+               pool: str | None = None, pool_key: str | None = None, input_shapes=None, example_inputs=None,
+               frontend: str = "auto",
                database_path: str | Path | None = None, trials_per_iter: int | None = None,
                threads: int | None = None, search: str = "knobs+metaschedule", log: Callable[[str], None] | None = None,
                **remote_kwargs) -> TuningReport:
@@ -214,7 +215,9 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
     "metaschedule" is MetaSchedule's evolutionary search; "knobs+metaschedule" (the default) runs
     the knob search first and gives MetaSchedule what is left of the budget.  ``time_budget_s`` stops the search after the batch that crosses it.  ``host`` (or an
     open ``remote`` RemoteHost) measures on that device through an SSH tunnel to a TVM RPC
-    server started there; records are then filed under the device's fingerprint.
+    server started there; records are then filed under the device's fingerprint.  ``pool`` (the tracker's
+    HOST:PORT) measures on boards of ``pool_key`` (default: the target's name) borrowed from the pool, one
+    candidate per board at once (edgekit.pool.tuning).
     """
     from edgekit.compile import tuning_db
     from edgekit.compile.build import check_toolchain, resolve_tvm_target
@@ -235,7 +238,7 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
     searches = set(search.split("+"))
     if not searches or not searches <= set(SEARCHES):
         raise CompileError(f"unknown search '{search}'", hint=f"use {', '.join(SEARCH_CHOICES)}")
-    if host is None and remote is None and not profile.is_native:
+    if host is None and remote is None and pool is None and not profile.is_native:
         raise CompileError(f"target '{profile.name}' cannot be measured on this machine",
                            hint="give --host user@board to measure candidates on the device over SSH")
     imported = import_model(model, input_shapes=input_shapes, example_inputs=example_inputs, frontend=frontend)
@@ -248,7 +251,12 @@ def tune_model(model, target="host", *, trials: int = 64, time_budget_s: float |
 
     session = None
     try:
-        if host is not None or remote is not None:
+        if pool is not None:
+            from edgekit.pool.tuning import PoolTuningSession
+
+            session = PoolTuningSession.open(pool, pool_key or profile.name, profile, log=say)
+            fingerprint = tuning_db.device_fingerprint(session.facts, tvm_target)
+        elif host is not None or remote is not None:
             from edgekit.compile.remote_tune import RemoteTuningSession
 
             session = RemoteTuningSession.open(remote or host, profile, log=say, **remote_kwargs)

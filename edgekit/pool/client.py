@@ -62,7 +62,7 @@ class PoolDevice(Device):
     def __init__(self, address: str, key: str, *, threads: int | None = None, runner_path: Path | None = None,
                  env: dict[str, str] | None = None, queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
                  tolerance_ratio: float = DEFAULT_TOLERANCE_RATIO, say: Callable[[str], None] | None = None,
-                 client: str = "edgekit"):
+                 client: dict | None = None):
         from edgekit.onboard import RUNNER_PATH
 
         self.host, self.port = parse_address(address)
@@ -73,7 +73,6 @@ class PoolDevice(Device):
         self.queue_timeout_s = queue_timeout_s
         self.tolerance_ratio = tolerance_ratio
         self.say = say or (lambda message: None)
-        self.client = client
         # Units of one key are identical boards: one latency table serves them all.
         self.identity = f"pool:{key}" + (f"-{runner_path.stem}" if runner_path else "")
         self.history: list[dict[str, Any]] = []  # every measurement: which unit, what, how long
@@ -81,6 +80,10 @@ class PoolDevice(Device):
         self.spreads: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._pool, self._pool_size = None, 0
+        from edgekit.pool.lease import client_identity
+
+        # Who holds the boards this device borrows (`edgekit pool status`); its worker processes borrow as it.
+        self.identity_of_client = client or client_identity()
 
     # -- one round on one board -----------------------------------------------------------------------------
 
@@ -88,28 +91,24 @@ class PoolDevice(Device):
         from edgekit.compile.tvm_env import import_tvm
 
         import_tvm()
-        from tvm import rpc
+        from edgekit.pool.lease import request_session
 
-        try:
-            tracker = rpc.connect_tracker(self.host, self.port)
-        except Exception as exc:
-            raise DeviceUnreachableError(f"cannot reach the pool's tracker at {self.address} ({exc})",
-                                         host=self.address, hint="start it with `edgekit pool start`") from None
-        tracker._sock.settimeout(self.queue_timeout_s)  # a request waits in the queue at most this long
-        try:
-            return tracker.request(self.key, priority=1, session_timeout=self.queue_timeout_s, max_retry=3)
-        except (TimeoutError, OSError) as exc:
+        try:  # waits in the tracker's queue at most queue_timeout_s; the tracker records us as the holder
+            return request_session(self.host, self.port, self.key, session_timeout=self.queue_timeout_s,
+                                   queue_timeout_s=self.queue_timeout_s, client=self.identity_of_client)
+        except TimeoutError as exc:
             raise DeviceTimeoutError(f"no board of key {self.key!r} in the pool at {self.address} became free "
                                      f"within {self.queue_timeout_s:g} s ({exc})", host=self.address,
-                                     hint="`edgekit pool status` lists the boards; join one with `edgekit pool join`"
-                                     ) from None
+                                     hint="`edgekit pool status` lists the boards and who holds them; join one "
+                                          "with `edgekit pool join`") from None
+        except ConnectionRefusedError as exc:
+            raise DeviceUnreachableError(f"cannot reach the pool's tracker at {self.address} ({exc})",
+                                         host=self.address, hint="start it with `edgekit pool start`") from None
         except Exception as exc:
             raise DeviceUnreachableError(f"the pool at {self.address} gave no usable board of key {self.key!r} "
                                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
                                          host=self.address,
                                          hint="`edgekit pool status` lists the boards of each key") from None
-        finally:
-            tracker.close()
 
     def _measure_once(self, artifact: CompiledArtifact, protocol) -> LatencyReport:
         from edgekit.onboard import runner_options
@@ -190,7 +189,7 @@ class PoolDevice(Device):
         rounds = max(1, rounds)
         workers = self._workers(rounds)
         job = (self.address, self.key, str(self.runner_path), self.env, self.queue_timeout_s, str(artifact.path),
-               protocol.to_dict())
+               protocol.to_dict(), self.identity_of_client)
         pending = {workers.submit(_measure_in_worker, *job): 1 for _ in range(rounds)}
         reports = []
         while pending:
@@ -274,7 +273,7 @@ def _worker_init(barrier) -> None:
         pass  # fewer workers started than asked for: go on, the rounds are served all the same
 
 
-def _measure_in_worker(address, key, runner_path, env, queue_timeout_s, artifact_path, protocol_dict):
+def _measure_in_worker(address, key, runner_path, env, queue_timeout_s, artifact_path, protocol_dict, client=None):
     """One round in a worker process: ("ok", (report, history entry)) or ("lost"/"failed", (unit, message)).
 
     Outcomes, not exceptions, cross the process boundary: edgekit's errors take keyword-only arguments,
@@ -283,7 +282,8 @@ def _measure_in_worker(address, key, runner_path, env, queue_timeout_s, artifact
     from edgekit.errors import EdgekitError
     from edgekit.targets import MeasureProtocol
 
-    device = PoolDevice(address, key, runner_path=Path(runner_path), env=env, queue_timeout_s=queue_timeout_s)
+    device = PoolDevice(address, key, runner_path=Path(runner_path), env=env, queue_timeout_s=queue_timeout_s,
+                        client=client)
     artifact = CompiledArtifact.open(artifact_path)
     protocol = MeasureProtocol(**{**protocol_dict, "cpus": tuple(protocol_dict.get("cpus") or ())})
     try:

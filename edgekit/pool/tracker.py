@@ -14,19 +14,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgekit.errors import DeviceUnreachableError, UsageError
 
 DEFAULT_PORT = 9190
 # What `python -m tvm.exec.rpc_tracker --silent` runs (tvm.rpc.tracker's server: tornado loop, PriorityScheduler),
-# in this one process instead of a second popen worker, and with torch's import blocked (`import tvm` would
-# import it: seconds of CPU the tracker does not need, minutes on a loaded machine).
-TRACKER_MAIN = (
-    "import sys\n"
-    "sys.modules['torch'] = None\n"
-    "from tvm.rpc.tracker import PopenTrackerServerState\n"
-    "server = PopenTrackerServerState(sys.argv[1], int(sys.argv[2]), int(sys.argv[2]) + 1, silent=True)\n"
-    "server.thread.join()\n")
+# in one process, plus the record of who holds which board (tracker_server.py; a script without edgekit imports).
+TRACKER_SCRIPT = Path(__file__).with_name("tracker_server.py")
 
 
 def parse_address(text: str, *, what: str = "--pool") -> tuple[str, int]:
@@ -85,7 +80,7 @@ def start_tracker(host: str = "127.0.0.1", port: int = 0, *, ready_timeout_s: fl
             s.bind((host, 0))
             port = s.getsockname()[1]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen([sys.executable, "-c", TRACKER_MAIN, host, str(port)],
+    process = subprocess.Popen([sys.executable, str(TRACKER_SCRIPT), host, str(port)],
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True, env=env)
     tracker = TrackerProcess(host, port, process)
@@ -135,13 +130,35 @@ def pool_status(address: str, *, timeout_s: float = 10.0) -> dict:
     for server in summary.get("server_info", []):
         key = server.get("key", "").split(":", 1)[-1]
         boards.setdefault(key, []).append(":".join(str(x) for x in server.get("addr", [])))
+    # Who holds what (tracker_server.py's record; absent from a stock TVM tracker: then nothing is known).
+    holders = summary.get("edgekit_holders", {})
+    waiting = summary.get("edgekit_waiting", [])
+    now = time.time()
     keys = {}
     for key in sorted(set(boards) | set(summary.get("queue_info", {}))):
         queue = summary.get("queue_info", {}).get(key, {})
         total, free = len(boards.get(key, [])), int(queue.get("free", 0))
+        held = {addr: {**_client(h.get("client")), "held_s": round(now - h.get("since", now), 1)}
+                for addr, h in holders.items() if addr in boards.get(key, [])}
         keys[key] = {"boards": sorted(boards.get(key, [])), "free": free, "busy": max(0, total - free),
-                     "queued_requests": int(queue.get("pending", 0))}
+                     "queued_requests": int(queue.get("pending", 0)), "held_by": held,
+                     "queue": [{**_client(w.get("client")), "waiting_s": round(now - w.get("since", now), 1)}
+                               for w in waiting if w.get("key") == key]}
     return {"tracker": address, "keys": keys}
+
+
+def _client(client) -> dict:
+    """A client as the tracker recorded it: user@host, pid, verb (a stock TVM client says nothing)."""
+    client = client if isinstance(client, dict) else {}
+    return {"user": client.get("user") or None, "pid": client.get("pid"), "verb": client.get("verb")}
+
+
+def describe_client(client: dict) -> str:
+    """``ana@laptop pid 4242 (tune)``, or what is known of a client that did not say who it is."""
+    if not client.get("user"):
+        return "a client that did not say who it is (not edgekit)"
+    return client["user"] + (f" pid {client['pid']}" if client.get("pid") else "") + \
+        (f" ({client['verb']})" if client.get("verb") else "")
 
 
 def _recv(sock, n: int) -> bytes:
