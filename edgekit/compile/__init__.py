@@ -30,7 +30,8 @@ DEFAULT_OUT_DIR = Path("edgekit-artifacts")
 # 8: explicit zero pads merged into the next conv's padding; signed int8 1x1 convs shifted to u8 on VNNI; int8 SE pools;
 # 9: nearbyint (int8 requantize) vectorized; 10: conv channel vectors of any width dividing the channels;
 # 11: fp32 conv weights blocked by register tile ([O/block][KH][KW][I][block]), packed at compile time; softmax
-# rows off the vector grid padded with -inf
+# rows off the vector grid padded with -inf; depthwise convs read their input in place (padding inlined); x86 int8
+# depthwise convs sum in float32
 PIPELINE_VERSION = 11
 
 __all__ = ["compile_model", "DEFAULT_OUT_DIR"]

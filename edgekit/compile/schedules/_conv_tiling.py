@@ -186,7 +186,7 @@ def schedule_conv(kernel: ConvKernel, cpu, *, depthwise: bool, tile: Tile | None
         weights_outer = default_weights_outer(kernel, depthwise=depthwise)
     # Rows outermost: the zero padding is computed per chunk of output rows, into a buffer that stays
     # in L2.  Per single row, a 3x3 conv padded every input row three times.
-    pads = kernel.pad is not None and not _is_copy(sch, kernel.pad.rv)
+    pads = kernel.pad is not None and not depthwise and not _is_copy(sch, kernel.pad.rv)
     chunk = padded_row_chunk(kernel) if pads and not weights_outer else 1
     if rows and chunk > 1:
         rows = [*sch.split(rows[0], [None, chunk]), *rows[1:]]
@@ -207,8 +207,13 @@ def schedule_conv(kernel: ConvKernel, cpu, *, depthwise: bool, tile: Tile | None
     sch.reverse_compute_at(out, outer[-1], preserve_unit_loops=True)
 
     # Padding: per chunk of output rows when rows lead (the rows a tile needs stay hot); otherwise once.
+    # A depthwise conv reads the input in place, its taps at the border selected to zero: each input
+    # element feeds only kh*kw products, so copying it into a padded buffer first cost more than the
+    # products (every depthwise kernel of MobileNetV2, V3-Small and EfficientNet-Lite0 ran 1.3-3.6x
+    # faster inlined, 2.8 -> 1.9 ms in EfficientNet-Lite0); a dense conv reuses each element ic-fold
+    # and runs faster from the padded copy.
     if kernel.pad is not None:
-        if _is_copy(sch, kernel.pad.rv):
+        if depthwise or _is_copy(sch, kernel.pad.rv):
             sch.compute_inline(kernel.pad.rv)
         elif rows and not weights_outer:
             sch.compute_at(kernel.pad.rv, rows[0], preserve_unit_loops=True)
