@@ -173,6 +173,77 @@ def test_killed_distributed_run_resumes_from_its_checkpoint_and_finishes(tmp_pat
     assert json.loads(resumed.stdout)["after"]["accuracy"] > 0.5  # pruned to 50%, it starts near chance
 
 
+def test_killed_one_process_run_resumes_and_a_resume_on_other_data_is_refused(tmp_path, small_fmnist_npz):
+    from edgekit.errors import DataError
+
+    recipe = _recipe(tmp_path, epochs=4)
+    out = tmp_path / "out"
+    checkpoints = out / "checkpoints" / "step2-distill"
+    proc = subprocess.Popen(_cli("compress", "--recipe", str(recipe), "--model", "zoo:fmnist-resnet", "--data",
+                                 str(small_fmnist_npz), "--out", str(out), "--nproc-per-node", "1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (checkpoints / "checkpoint.json").is_file():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # one process: the run and its only rank die together
+    proc.wait()
+    info = json.loads((checkpoints / "checkpoint.json").read_text())
+    stopped_at = info["epoch"]
+    assert 1 <= stopped_at < 4 and info["world_size"] == 1 and not (out / "report.json").exists()
+    assert info["parts"]["train_data"] and len(info["parts"]["train_data"]) == 64  # sha256 of the content
+
+    # The same number of examples, one pixel of one image changed: a content fingerprint tells them apart.
+    other = tmp_path / "other.npz"
+    arrays = dict(np.load(small_fmnist_npz))
+    arrays["x"] = arrays["x"].copy()
+    arrays["x"].reshape(len(arrays["x"]), -1)[7, 100] += 0.5
+    np.savez(other, **arrays)
+    refused = _compress(recipe, other, out, "--nproc-per-node", "1", "--resume")
+    assert refused.returncode == DataError.exit_code, refused.stderr[-3000:]
+    assert "trained on other data: the training data differ" in refused.stderr, refused.stderr[-2000:]
+    assert "resume with the --data the interrupted run had" in refused.stderr
+    assert json.loads((checkpoints / "checkpoint.json").read_text())["epoch"] == stopped_at  # left as it was
+
+    resumed = _compress(recipe, small_fmnist_npz, out, "--nproc-per-node", "1", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from the checkpoint of epoch {stopped_at}" in resumed.stderr
+    detail = json.loads(resumed.stdout)["steps"][1]["detail"]
+    assert detail["distributed"]["world_size"] == 1 and detail["distributed"]["resumed_from_epoch"] == stopped_at
+    assert [row["epoch"] for row in detail["history"]] == [1, 2, 3, 4]
+    assert json.loads((checkpoints / "checkpoint.json").read_text())["epoch"] == 4
+    assert json.loads(resumed.stdout)["after"]["accuracy"] > 0.5  # pruned to 50%, it starts near chance
+
+
+def test_a_checkpoint_names_the_part_that_differs_when_a_resume_is_refused(tmp_path):
+    import torch
+
+    from edgekit.compress.distill import TrainConfig
+    from edgekit.compress.distributed import _job_fingerprint, _job_parts, _resume_point
+    from edgekit.data.datasets import Dataset
+    from edgekit.errors import DataError, UsageError
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    data = Dataset(name="t", split="train", x=torch.randn(20, 4), y=torch.randint(0, 3, (20,)), num_classes=3)
+    config = TrainConfig(epochs=2)
+    parts = _job_parts(model, None, data, None, config, 1)
+    (tmp_path / "last.pt").write_bytes(b"x")
+    (tmp_path / "checkpoint.json").write_text(json.dumps({"fingerprint": _job_fingerprint(parts), "parts": parts,
+                                                          "epoch": 1}))
+    assert _resume_point(tmp_path, _job_fingerprint(parts), parts, True) == 1
+    shuffled = Dataset(name="t", split="train", x=data.x.flip(0), y=data.y.flip(0), num_classes=3)
+    moved = _job_parts(model, None, shuffled, None, config, 1)  # the same examples in another order: other data
+    with pytest.raises(DataError, match="other data: the training data differ"):
+        _resume_point(tmp_path, _job_fingerprint(moved), moved, True)
+    two = _job_parts(model, None, data, None, config, 2)
+    with pytest.raises(UsageError, match=r"the process count \(it had 1 process\(es\), now 2\)"):
+        _resume_point(tmp_path, _job_fingerprint(two), two, True)
+    assert _resume_point(tmp_path, _job_fingerprint(two), two, False) == 0  # no resume: starts over
+    assert not (tmp_path / "checkpoint.json").exists()
+
+
 @pytest.mark.parametrize("value", ["0", "-3", "two", "65"])
 def test_bad_nproc_per_node_is_a_usage_error_before_any_work(tmp_path, value):
     recipe = _recipe(tmp_path, epochs=1)
@@ -185,12 +256,12 @@ def test_bad_nproc_per_node_is_a_usage_error_before_any_work(tmp_path, value):
     assert not (tmp_path / "out").exists()
 
 
-def test_resume_without_a_distributed_run_is_refused(tmp_path):
-    recipe = _recipe(tmp_path, epochs=1)
-    result = subprocess.run(_cli("compress", "--recipe", str(recipe), "--model", "zoo:fmnist-resnet",
-                                 "--out", str(tmp_path / "out"), "--resume"), capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 2 and "--nproc-per-node N (N > 1)" in result.stderr, result.stderr
+def test_resume_without_an_output_directory_is_refused(tmp_path):
+    from edgekit.compress.compressed import compress_model
+    from edgekit.errors import UsageError
+
+    with pytest.raises(UsageError, match="give the same --out"):  # the CLI requires --out; the API does not
+        compress_model("zoo:fmnist-resnet", _recipe(tmp_path, epochs=1), "digits", resume=True)
 
 
 def test_search_config_takes_nproc_per_node_and_refuses_a_bad_one():

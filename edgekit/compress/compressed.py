@@ -147,8 +147,9 @@ def compress_model(model, recipe, data, *, eval_data=None, eval_limit: int | Non
     or TargetProfile) into ``artifacts_dir`` (default: OUT_DIR/artifacts, else compile's default);
     ``report.artifact`` then holds the artifact and, when it runs on this host, its accuracy on ``eval_data``.
     ``nproc_per_node`` > 1: the distill/finetune steps train in that many DDP processes under torchrun
-    (distributed.py; gloo on CPU, NCCL on GPUs), checkpointed after every epoch in OUT_DIR/checkpoints/;
-    ``resume`` continues an interrupted run from there (the steps before it are seeded, so they are redone).
+    (distributed.py; gloo on CPU, NCCL on GPUs).  With ``out_dir`` (one process or N) they are checkpointed
+    after every epoch in OUT_DIR/checkpoints/; ``resume`` continues an interrupted run from there (the steps
+    before it are seeded, so they are redone); a checkpoint of other data is refused (DataError).
     """
     import torch
 
@@ -202,8 +203,7 @@ def compress_model(model, recipe, data, *, eval_data=None, eval_limit: int | Non
             t = None
             if isinstance(step, DistillConfig):
                 t = teacher if teacher is not None else _load_teacher(step.teacher, original)
-            checkpoints = None if out_dir is None or nproc_per_node == 1 else (
-                Path(out_dir) / "checkpoints" / f"step{i}-{kind}")
+            checkpoints = None if out_dir is None else Path(out_dir) / "checkpoints" / f"step{i}-{kind}"
             res = train(current, train_data, config=step, teacher=t, val_data=splits.val, progress=progress,
                         label=kind, nproc_per_node=nproc_per_node, checkpoint_dir=checkpoints, resume=resume,
                         log=say)
@@ -245,9 +245,9 @@ def _check_distributed(nproc_per_node, resume: bool, out_dir) -> int:
     from edgekit.errors import UsageError
 
     nproc_per_node = check_nproc_per_node(nproc_per_node)
-    if resume and (nproc_per_node == 1 or out_dir is None):
-        raise UsageError("resume continues from the checkpoints of a distributed run in its output directory",
-                         hint="give the same --out and --nproc-per-node N (N > 1) as the interrupted run")
+    if resume and out_dir is None:
+        raise UsageError("resume continues from the checkpoints an interrupted run left in its output directory",
+                         hint="give the same --out and --nproc-per-node as the interrupted run")
     return nproc_per_node
 
 

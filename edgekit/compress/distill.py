@@ -160,11 +160,12 @@ def train(student, train_data, *, config: TrainConfig = TrainConfig(), teacher=N
     Without ``val_data``, ``config.val_size`` examples are held out of ``train_data`` for
     early stopping; the student ends with the weights of its best validation epoch.
     ``nproc_per_node`` > 1: that many DDP processes under torchrun (distributed.py), with a
-    checkpoint per epoch in ``checkpoint_dir`` and ``resume`` to continue from it.
+    checkpoint per epoch in ``checkpoint_dir`` and ``resume`` to continue from it.  One process with a
+    ``checkpoint_dir``: the same, in this process (a world of one rank), resumable alike.
     """
     import torch
 
-    if nproc_per_node != 1:
+    if nproc_per_node != 1 or checkpoint_dir is not None:  # checkpoints (resumable): distributed.py, even for one
         from edgekit.compress.distributed import train_distributed
 
         return train_distributed(student, train_data, config=config, teacher=teacher, val_data=val_data,

@@ -18,7 +18,10 @@ with one process (BatchNorm statistics are still per rank); anything random insi
 seeded ``seed + rank``.  Only rank 0 writes: a checkpoint after every epoch (CHECKPOINT_FILE, replaced
 atomically, with CHECKPOINT_INFO beside it) and, at the end, RESULT_FILE.  With ``resume=True`` every rank
 reads the last checkpoint and the run continues with the next epoch; a checkpoint made by another model,
-data, recipe or process count is refused rather than mixed in.  Early stopping: rank 0 scores the held-out
+data, recipe or process count is refused rather than mixed in: CHECKPOINT_INFO keeps a sha256 of each part
+(the data's is over its content, every input and target value), so the refusal names what differs, and
+other data is a DataError (exit 14).  A one-process run with a checkpoint directory is the same job with a
+world of one rank, run in the caller's process (no torchrun), and resumes the same way.  Early stopping: rank 0 scores the held-out
 data (the data's own metric, which need not split across ranks) and broadcasts the score.
 """
 
@@ -82,12 +85,33 @@ def state_fingerprint(module) -> str:
     return digest.hexdigest()
 
 
-def _job_fingerprint(student, teacher, train_data, val_data, config, nproc_per_node) -> str:
+def data_fingerprint(data) -> str | None:
+    """sha256 over a Dataset's content: every input and target value, shapes and dtypes (None: no data)."""
+    if data is None:
+        return None
+    import torch
+
+    digest = hashlib.sha256()
+    for tensor in (data.x, data.y):
+        t = torch.as_tensor(tensor).detach().cpu().contiguous()
+        digest.update(f"{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.reshape(-1).view(dtype=torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _job_parts(student, teacher, train_data, val_data, config, nproc_per_node) -> dict[str, Any]:
+    """What a checkpoint is a checkpoint of, part by part (checkpoint.json keeps them: a refusal names the part)."""
     from dataclasses import asdict
 
-    parts = {"student": state_fingerprint(student), "teacher": None if teacher is None else state_fingerprint(teacher),
-             "train": len(train_data), "val": None if val_data is None else len(val_data),
-             "config": {k: v for k, v in asdict(config).items() if k != "threads"}, "nproc_per_node": nproc_per_node}
+    return {"student": state_fingerprint(student),
+            "teacher": None if teacher is None else state_fingerprint(teacher),
+            "train_data": data_fingerprint(train_data), "val_data": data_fingerprint(val_data),
+            "recipe": hashlib.sha256(json.dumps({k: v for k, v in asdict(config).items() if k != "threads"},
+                                                sort_keys=True, default=str).encode()).hexdigest(),
+            "nproc_per_node": nproc_per_node}
+
+
+def _job_fingerprint(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -100,10 +124,10 @@ def train_distributed(student, train_data, *, config, teacher=None, val_data=Non
 
     ``checkpoint_dir`` keeps the per-epoch checkpoint (default: a temporary directory, removed after);
     ``resume`` continues from the checkpoint there.  Held-out data: as ``train`` (``config.val_size``).
+    ``nproc_per_node=1``: the one rank runs in this process (a gloo group of one), with the same per-epoch
+    checkpoints and resume; that is what ``train`` does for one process given a ``checkpoint_dir``.
     """
     import torch
-
-    from edgekit.compress.distill import TrainResult
 
     nproc_per_node = check_nproc_per_node(nproc_per_node, flag="nproc_per_node")
     say = log or (lambda message: None)
@@ -111,16 +135,22 @@ def train_distributed(student, train_data, *, config, teacher=None, val_data=Non
         train_data, val_data = train_data.split_off(config.val_size, seed=config.seed)
     if len(train_data) < nproc_per_node:
         raise DataError(f"{len(train_data)} training examples cannot be shared by {nproc_per_node} processes")
-    fingerprint = _job_fingerprint(student, teacher, train_data, val_data, config, nproc_per_node)
+    parts = _job_parts(student, teacher, train_data, val_data, config, nproc_per_node)
+    fingerprint = _job_fingerprint(parts)
     keep = checkpoint_dir is not None
     work = Path(checkpoint_dir) if keep else Path(tempfile.mkdtemp(prefix="edgekit-ddp-"))
     work.mkdir(parents=True, exist_ok=True)
-    start_epoch = _resume_point(work, fingerprint, resume)
+    start_epoch = _resume_point(work, fingerprint, parts, resume)
     if start_epoch:
         say(f"{label}: resuming from the checkpoint of epoch {start_epoch} in {work}")
     job = {"student": student, "teacher": teacher, "train_data": train_data, "val_data": val_data,
-           "config": config, "label": label, "fingerprint": fingerprint, "start_epoch": start_epoch,
-           "backend": backend_for(nproc_per_node)}
+           "config": config, "label": label, "fingerprint": fingerprint, "parts": parts, "start_epoch": start_epoch,
+           "backend": "gloo" if nproc_per_node == 1 else backend_for(nproc_per_node)}
+    (work / RESULT_FILE).unlink(missing_ok=True)
+    if nproc_per_node == 1:  # one process: this one, a world of one rank, the same checkpoints and resume
+        say(f"{label}: one process, a checkpoint per epoch in {work}")
+        _run_in_process(work, job)
+        return _collect(student, work, keep)
     try:
         torch.save(job, work / JOB_FILE)
     except Exception as exc:  # noqa: BLE001 - pickling a user's object raises anything
@@ -128,8 +158,16 @@ def train_distributed(student, train_data, *, config, teacher=None, val_data=Non
                         hint="with nproc_per_node > 1 the model, data and metric must be picklable: give them as "
                              "specs (zoo:NAME, model.pt, package.module:function) rather than lambdas") from None
     say(f"{label}: {nproc_per_node} processes ({job['backend']}) under torchrun")
-    (work / RESULT_FILE).unlink(missing_ok=True)
     _run_torchrun(work, nproc_per_node, config)
+    return _collect(student, work, keep)
+
+
+def _collect(student, work: Path, keep: bool):
+    """The trained weights into ``student`` and the TrainResult, from what rank 0 wrote."""
+    import torch
+
+    from edgekit.compress.distill import TrainResult
+
     outcome = torch.load(work / RESULT_FILE, map_location="cpu", weights_only=False)
     student.load_state_dict(outcome["state_dict"])
     student.eval()
@@ -141,7 +179,29 @@ def train_distributed(student, train_data, *, config, teacher=None, val_data=Non
     return TrainResult(**outcome["result"])
 
 
-def _resume_point(work: Path, fingerprint: str, resume: bool) -> int:
+def _run_in_process(work: Path, job: dict) -> None:
+    """The one rank of a one-process run, here: a gloo group of one (an in-memory store, no port opened)."""
+    import copy
+
+    import torch
+    import torch.distributed as dist
+
+    job = {**job, "student": copy.deepcopy(job["student"]), "in_process": True}  # DDP's hooks stay off the caller's
+    ours = not dist.is_initialized()
+    if ours:
+        dist.init_process_group(backend="gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        _train_rank(job, work, rank=0, world=1, device=torch.device("cpu"))
+    finally:
+        if ours:
+            dist.destroy_process_group()
+
+
+_PART_NAMES = {"student": "the model", "teacher": "the teacher", "train_data": "the training data",
+               "val_data": "the held-out data", "recipe": "the recipe step", "nproc_per_node": "the process count"}
+
+
+def _resume_point(work: Path, fingerprint: str, parts: dict[str, Any], resume: bool) -> int:
     """The epoch to continue after (0: start over); a checkpoint of another job is refused on resume."""
     info_path = work / CHECKPOINT_INFO
     if not resume:
@@ -151,11 +211,23 @@ def _resume_point(work: Path, fingerprint: str, resume: bool) -> int:
     if not info_path.is_file() or not (work / CHECKPOINT_FILE).is_file():
         return 0
     info = json.loads(info_path.read_text())
-    if info.get("fingerprint") != fingerprint:
-        raise UsageError(f"the checkpoint in {work} was made by another model, data, recipe step or process count",
-                         hint="run again with the same model, recipe, data and --nproc-per-node, or without "
-                              "--resume to start over")
-    return int(info["epoch"])
+    if info.get("fingerprint") == fingerprint:
+        return int(info["epoch"])
+    saved = info.get("parts") or {}
+    differ = [name for name in _PART_NAMES if name in saved and saved[name] != parts.get(name)]
+    if any(name in ("train_data", "val_data") for name in differ):
+        which = " and ".join(_PART_NAMES[n] for n in differ if n in ("train_data", "val_data"))
+        raise DataError(f"the checkpoint in {work} was trained on other data: {which} differ "
+                        f"(content sha256 {str(saved.get('train_data'))[:12]} in the checkpoint, "
+                        f"{str(parts.get('train_data'))[:12]} now); resuming would mix two datasets",
+                        hint="resume with the --data the interrupted run had, or run without --resume to start over")
+    what = ", ".join(_PART_NAMES[n] for n in differ) if differ else \
+        "another model, data, recipe step or process count"
+    raise UsageError(f"the checkpoint in {work} was made by {'another: ' + what if differ else what}"
+                     + (f" (it had {saved['nproc_per_node']} process(es), now {parts['nproc_per_node']})"
+                        if "nproc_per_node" in differ else ""),
+                     hint="run again with the same model, recipe, data and --nproc-per-node, or without "
+                          "--resume to start over")
 
 
 def torchrun_command(nproc_per_node: int, module_args: list[str]) -> list[str]:
@@ -249,7 +321,10 @@ def _train_rank(job: dict, work: Path, *, rank: int, world: int, device) -> None
     from edgekit.compress.distill import _accuracy, distillation_loss
 
     config, teacher, train_data, val_data = job["config"], job["teacher"], job["train_data"], job["val_data"]
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if not job.get("in_process"):  # a torchrun rank: its share of the cores (in process: the caller's setting)
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    elif config.threads is not None:
+        torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed + rank)  # per-rank randomness (dropout); the shuffle is the sampler's
     student = job["student"].to(device)
     if teacher is not None:
@@ -302,7 +377,7 @@ def _train_rank(job: dict, work: Path, *, rank: int, world: int, device) -> None
             _save_checkpoint(work, job, student, opt, sched, state, world)
             score = f", held-out {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""
             print(f"{job['label']}: epoch {epoch}/{config.epochs} loss {row['loss']:.4f}{score} "
-                  f"({world} processes; checkpoint written)", file=sys.stderr, flush=True)
+                  f"({world} process{'es' if world > 1 else ''}; checkpoint written)", file=sys.stderr, flush=True)
         if stop and epoch < config.epochs:
             stopped_early = True
             break
@@ -347,7 +422,8 @@ def _save_checkpoint(work: Path, job, student, opt, sched, state, world) -> None
     payload = {"model": {k: v.cpu() for k, v in student.state_dict().items()}, "optimizer": opt.state_dict(),
                "scheduler": sched.state_dict(), "state": state}
     _write_atomic(work / CHECKPOINT_FILE, lambda p: torch.save(payload, p))
-    info = {"fingerprint": job["fingerprint"], "epoch": state["epoch"], "epochs": job["config"].epochs,
+    info = {"fingerprint": job["fingerprint"], "parts": job["parts"], "epoch": state["epoch"],
+            "epochs": job["config"].epochs,
             "world_size": world, "written_by_rank": 0, "label": job["label"]}
     _write_atomic(work / CHECKPOINT_INFO, lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
 
