@@ -110,3 +110,31 @@ def test_softmax_rows_off_the_vector_grid_are_padded_with_minus_inf_and_match_to
     result = run_artifact(artifact, warmup=0, repeats=1)
     assert result.output_check["passed"] and result.output_check["max_abs_error"] < 1e-6, result.output_check
     assert torch.isinf(model.mask).any()  # the masked keys really were -inf, and came out as 0
+
+
+def test_gelu_between_two_linears_becomes_the_first_ones_epilogue(tmp_path):
+    """Linear -> GELU -> Linear on [1, tokens, C] (a transformer MLP): the GELU leaves its reshape pair and fuses
+    into the first matmul's kernel; the build matches torch."""
+    import torch
+    from torch import nn
+
+    from edgekit.compile import compile_model
+    from edgekit.compile.frontend import import_model
+    from edgekit.compile.graph_passes import elementwise_out_of_reshape_pairs
+    from edgekit.run import run_artifact
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32), nn.SiLU(), nn.Flatten(0, 1)).eval()
+    shape = (1, 12, 32)
+    imported = import_model(model, input_shapes=[shape], frontend="torch.export").mod
+    before, after = imported["main"].script(), elementwise_out_of_reshape_pairs()(imported)["main"].script()
+    assert before.count("R.reshape(") - after.count("R.reshape(") == 2, after  # GELU's pair; x * sigmoid(x) is no unary op
+    gelu = next(line for line in after.splitlines() if "R.nn.gelu(" in line)
+    assert "(12, 64)" in gelu, gelu  # applied to the 2-D matmul output, not to a reshape of it
+
+    artifact = compile_model(model, "host", input_shapes=[shape], out_dir=tmp_path, tuning=False,
+                             frontend="torch.export")
+    result = run_artifact(artifact, warmup=0, repeats=1, kernels=True)
+    assert result.output_check["passed"] and result.output_check["max_abs_error"] < 1e-5, result.output_check
+    kernels = [k["name"] for k in result.to_dict()["kernels"]]
+    assert any("matmul" in name and "gelu" in name for name in kernels), kernels

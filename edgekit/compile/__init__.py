@@ -31,7 +31,7 @@ DEFAULT_OUT_DIR = Path("edgekit-artifacts")
 # 9: nearbyint (int8 requantize) vectorized; 10: conv channel vectors of any width dividing the channels;
 # 11: fp32 conv weights blocked by register tile ([O/block][KH][KW][I][block]), packed at compile time; softmax
 # rows off the vector grid padded with -inf; depthwise convs read their input in place (padding inlined); x86 int8
-# depthwise convs sum in float32
+# depthwise convs sum in float32; elementwise ops between a reshape pair applied in place (GELU fuses into its matmul)
 PIPELINE_VERSION = 11
 
 __all__ = ["compile_model", "DEFAULT_OUT_DIR"]

@@ -95,8 +95,8 @@ def optimize_graph(mod, target):
     from tvm import relax
 
     from edgekit.compile.const_fold import FoldConstantsWithNumpy
-    from edgekit.compile.graph_passes import (explicit_pads_into_convs, integer_quantized_ops, layout_passes,
-                                              softmax_rows_on_the_vector_grid)
+    from edgekit.compile.graph_passes import (elementwise_out_of_reshape_pairs, explicit_pads_into_convs,
+                                              integer_quantized_ops, layout_passes, softmax_rows_on_the_vector_grid)
     from edgekit.compile.schedules import cpu_info
 
     # Integer kernels first (CPU only): FoldConstant would turn the int8 weights into float constants.
@@ -107,7 +107,7 @@ def optimize_graph(mod, target):
               relax.transform.CanonicalizeBindings(), FoldConstantsWithNumpy(), relax.transform.FoldConstant(),
               *layout_passes(target)]
     if target.kind.name == "llvm":
-        passes.append(softmax_rows_on_the_vector_grid(cpu_info(target).f32_lanes))
+        passes += [softmax_rows_on_the_vector_grid(cpu_info(target).f32_lanes), elementwise_out_of_reshape_pairs()]
     try:
         return tvm.transform.Sequential(passes)(mod)
     except EdgekitError:
