@@ -17,6 +17,7 @@ Like onboard/runner.py it needs only numpy and the TVM runtime, and never import
 """
 
 import json
+import math
 import os
 import sys
 import time
@@ -47,7 +48,15 @@ def sleep_for(args, specs):
         return 0.0
     weight = _dims(args[1].shape)
     out = _dims(args[-1].shape) if hasattr(args[-1], "shape") else None
-    return sum(s for w, o, s in specs if w == weight and (o is None or o == out))
+    return sum(s for w, o, s in specs if _same_weight(w, weight) and (o is None or o == out))
+
+
+def _same_weight(spec, weight) -> bool:
+    """The spec's [O, I, KH, KW] in any layout, or packed at compile time by output-channel tile (5-D,
+    [O/t, KH, KW, I, t]: the same elements, the tile's split of O in other dims)."""
+    if spec == weight:
+        return True
+    return len(weight) == 5 and len(spec) == 4 and math.prod(spec) == math.prod(weight)
 
 
 class _Result:
