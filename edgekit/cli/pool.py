@@ -4,7 +4,8 @@
     edgekit pool join --host pi@board --target rpi4 --tracker 127.0.0.1:9190   # one board, in the foreground
     edgekit pool status --pool 127.0.0.1:9190 [--json]
 
-Then `edgekit run`/`optimize` take ``--pool 127.0.0.1:9190 --key rpi4`` and borrow boards from the tracker.
+Then `edgekit run`/`optimize`/`tune`/`profile` take ``--pool 127.0.0.1:9190 --key rpi4`` and borrow boards from
+the tracker; `status` shows who (user@host, pid, verb) holds each board and who waits.
 """
 
 from __future__ import annotations
