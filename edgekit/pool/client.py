@@ -4,8 +4,8 @@ Each measurement asks the tracker for a board of the key (lease.py's ``request_s
 the client's name in it; it waits in the tracker's queue while every board is busy), uploads the artifact and
 edgekit's device runner into that session's directory, runs the runner there (``edgekit.pool.run_runner`` on
 the board's server) and reads what it printed with ``LatencyReport.from_runner``: the same runner, protocol,
-output check and report as a direct SSH deploy, so the two agree within noise.  The session ends with the measurement and the board goes back to
-the tracker for the next client.
+output check and report as a direct SSH deploy, so the two agree within noise.  The session ends with the
+measurement and the board goes back to the tracker for the next client.
 
 A board that dies mid-measurement (its server killed, its link dropped) makes the RPC call fail: the board is
 reported lost, and the measurement is retried on another board from the tracker.  A runner that fails for a
