@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     report = {"what": "optimize_model wall time, 1 vs 3 boards of one key in the pool (same budget, seed, protocol)",
               "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
               "model": "ResNetTiny(width=8) on digits, 28x28", "size_budget_bytes": budget,
-              "baseline_size_bytes": baseline_size, "search": FAST, "stem_sleep_ms": args.sleep_ms,
+              "baseline_size_bytes": baseline_size, "search": FAST, "stem_sleep_ms": args.sleep_ms, "size_ratio": args.size_ratio,
               "one_board": results["solo"], "three_boards": results["trio"], "warmup": results["warmup"],
               "speedup": round(speedup, 2), "target_speedup": 2.0, "met": speedup >= 2.0,
               "same_choice": results["solo"]["chosen_widths"] == results["trio"]["chosen_widths"]}
@@ -139,7 +139,7 @@ def _markdown(r) -> str:
     return "\n".join([
         "# bench_pool: optimize with 1 and 3 boards in the pool",
         "",
-        f"`python tools/bench_pool.py --sleep-ms {r['stem_sleep_ms']:g}` on {r['machine']['cpus']} CPUs. "
+        f"`python tools/bench_pool.py --sleep-ms {r['stem_sleep_ms']:g} --size-ratio {r.get('size_ratio', 0.7):g}` on {r['machine']['cpus']} CPUs. "
         f"{r['model']}, size budget {r['size_budget_bytes']} bytes ({r['baseline_size_bytes']} at the start), "
         f"seed 0, {r['search']['measure_rounds']} measurement rounds of {r['search']['repeats']} runs each, "
         f"at most {r['search']['max_iterations']} iterations.",
