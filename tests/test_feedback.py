@@ -140,7 +140,11 @@ def test_impossible_budget_exits_5_with_the_closest_candidate(shared, tmp_path):
     report = json.loads(done.stdout)
     assert report["met"] is False and report["status"] == "budget_not_met"
     closest = report["chosen"]
-    assert closest["id"] == "smallest" and closest["latency_source"].startswith("measured")
+    # The closest is the measured candidate nearest the budget: the smallest model, or one the search measured
+    # faster still (on a 0.05 ms model which one wins is the machine's noise, not the rule's).
+    smallest = next(c for c in report["candidates"] if c["id"] == "smallest")
+    assert closest["latency_source"].startswith("measured") and smallest["latency_source"].startswith("measured")
+    assert closest["latency_ms"] <= smallest["latency_ms"], (closest, smallest)
     assert closest["latency_ms"] < report["baseline"]["latency_ms"]
     assert set(closest["widths"]) == set(report["baseline"]["widths"])
     assert Path(closest["model_path"]).is_file()
