@@ -99,15 +99,15 @@ def optimize_graph(mod, target):
                                               integer_quantized_ops, layout_passes, softmax_rows_on_the_vector_grid)
     from edgekit.compile.schedules import cpu_info
 
+    cpu = cpu_info(target) if target.kind.name == "llvm" else None
     # Integer kernels first (CPU only): FoldConstant would turn the int8 weights into float constants.
     integer = [integer_quantized_ops(unsigned_activations=_dot_product_is_unsigned(target),
-                                     float_depthwise=cpu_info(target).arch == "x86_64")] \
-        if target.kind.name == "llvm" else []
+                                     float_depthwise=cpu.arch == "x86_64")] if cpu else []
     passes = [explicit_pads_into_convs(), *integer, relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
               relax.transform.CanonicalizeBindings(), FoldConstantsWithNumpy(), relax.transform.FoldConstant(),
               *layout_passes(target)]
-    if target.kind.name == "llvm":
-        passes += [softmax_rows_on_the_vector_grid(cpu_info(target).f32_lanes), elementwise_out_of_reshape_pairs()]
+    if cpu:
+        passes += [softmax_rows_on_the_vector_grid(cpu.f32_lanes), elementwise_out_of_reshape_pairs()]
     try:
         return tvm.transform.Sequential(passes)(mod)
     except EdgekitError:

@@ -365,11 +365,10 @@ def softmax_rows_on_the_vector_grid(lanes: int):
             return expr
         axis = int(softmax.attrs.axis) % len(shape)
         length = shape[axis]
-        padded = -(-length // lanes) * lanes
         if axis != len(shape) - 1 or length % lanes == 0 or length < 2 * lanes:
             return expr
         widths = [0] * (2 * len(shape))
-        widths[-1] = padded - length
+        widths[-1] = -length % lanes  # after the row's end, up to the next multiple of lanes
         rows = relax.op.nn.softmax(relax.op.nn.pad(x, widths, pad_value=float("-inf")), axis=-1)
         return relax.op.strided_slice(rows, axes=[axis], begin=[0], end=[length])
 

@@ -92,6 +92,17 @@ def schedule_elementwise_nest(sch, block: BlockFacts, cpu) -> None:
         sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
 
 
+def pack_at_compile_time(sch, block, read_index: int, index_map):
+    """Read the block's ``read_index`` operand (a weight) through a copy in ``index_map``'s layout, packed once
+    at compile time rather than on every call: the copy stage is marked ``meta_schedule.layout_rewrite_preproc``,
+    so TVM's SplitLayoutRewritePreproc moves it out of the kernel and edgekit.compile.weight_prepack folds it on
+    the constant weight.  Returns the copy stage (its dtype may still be changed)."""
+    packed = sch.cache_read(block, read_index, "global")
+    sch.transform_layout(packed, ("write", 0), index_map)
+    sch.annotate(packed, "meta_schedule.layout_rewrite_preproc", 1)
+    return packed
+
+
 def largest_divisor(n: int, limit: int) -> int:
     """The largest power of two <= limit dividing n (a vector that needs no tail)."""
     v = 1

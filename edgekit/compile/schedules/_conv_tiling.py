@@ -29,8 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgekit.compile.schedules._common import (PARALLEL_MIN_MACS, BlockFacts, block_facts, debug_schedules,
-                                               inline_into_last, largest_divisor, register_budget,
-                                               schedule_elementwise_nest)
+                                               inline_into_last, largest_divisor, pack_at_compile_time,
+                                               register_budget, schedule_elementwise_nest)
 from edgekit.compile.tvm_env import import_tvm
 
 
@@ -213,7 +213,7 @@ def schedule_conv(kernel: ConvKernel, cpu, *, depthwise: bool, tile: Tile | None
     # faster inlined, 2.8 -> 1.9 ms in EfficientNet-Lite0); a dense conv reuses each element ic-fold
     # and runs faster from the padded copy.
     if kernel.pad is not None:
-        if depthwise or _is_copy(sch, kernel.pad.rv):
+        if not pads:
             sch.compute_inline(kernel.pad.rv)
         elif rows and not weights_outer:
             sch.compute_at(kernel.pad.rv, rows[0], preserve_unit_loops=True)
@@ -253,18 +253,15 @@ def _pack_weights(sch, conv, block: int) -> None:
     In HWIO a tile's weights are a 4*block-byte slice every O*4 bytes: walking the reduction
     steps across the whole weight tensor, a page or two per step (ResNet-18's 7x7x512 convs ran
     at a fifth of the 56x56 stage's GFLOP/s, bound by TLB misses and a prefetcher that never
-    locks on).  Blocked, each tile streams one contiguous run.  Packed once at compile time: the
-    stage is marked for SplitLayoutRewritePreproc and edgekit.compile.weight_prepack folds it.
+    locks on).  Blocked, each tile streams one contiguous run, packed once at compile time.
     """
-    packed = sch.cache_read(conv, 1, "global")
-    rank = len(sch.get(packed).writes[0].source.shape)
+    rank = len(sch.get(conv).reads[1].source.shape)  # the operand pack_at_compile_time reads (index 1)
     if rank == 4:
-        sch.transform_layout(packed, ("write", 0), lambda kh, kw, i, o: (o // block, kh, kw, i, o % block))
+        pack_at_compile_time(sch, conv, 1, lambda kh, kw, i, o: (o // block, kh, kw, i, o % block))
     elif rank == 3:
-        sch.transform_layout(packed, ("write", 0), lambda kw, i, o: (o // block, kw, i, o % block))
+        pack_at_compile_time(sch, conv, 1, lambda kw, i, o: (o // block, kw, i, o % block))
     else:
         raise ValueError(f"weights of rank {rank}: not a conv this schedule packs")
-    sch.annotate(packed, "meta_schedule.layout_rewrite_preproc", 1)
 
 
 # The padded input rows one chunk of output rows reads: within the L2 of every CPU profile (256 KB per

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgekit.compile.schedules._common import pack_at_compile_time
 from edgekit.compile.schedules.int8_intrinsics import DotIntrin
 
 
@@ -94,23 +95,17 @@ def schedule_conv(sch, kernel: ConvKernel, intrin: DotIntrin, *, registers: int)
     elif kernel.act_producer:
         _vectorize_inner(sch, sch.get_sblock(kernel.act_producer), 32)
 
-    # Weights: OHWI -> [O/lanes][KH][KW][I/group][lanes][group] (and widened for int16 pairs).
-    packed = sch.cache_read(conv, 1, "global")
-
+    # Weights: OHWI -> [O/lanes][KH][KW][I/group][lanes][group] (and widened for int16 pairs), packed at
+    # compile time.
     def pack(o, kh, kw, i):
         if intrin.k_major:
             return (o // lanes, kh, kw, i // group, i % group, o % lanes)
         return (o // lanes, kh, kw, i // group, o % lanes, i % group)
 
-    if kernel.weight_layout == "HWIO":
-        sch.transform_layout(packed, ("write", 0), lambda kh, kw, i, o: pack(o, kh, kw, i))
-    else:
-        sch.transform_layout(packed, ("write", 0), pack)
+    packed = pack_at_compile_time(sch, conv, 1, (lambda kh, kw, i, o: pack(o, kh, kw, i))
+                                  if kernel.weight_layout == "HWIO" else pack)
     if intrin.weight_dtype != "int8":
         sch.unsafe_set_dtype(packed, 0, intrin.weight_dtype)
-    # Packed once at compile time, not per call: SplitLayoutRewritePreproc moves this stage out of
-    # the kernel and edgekit.compile.weight_prepack folds it on the constant weight.
-    sch.annotate(packed, "meta_schedule.layout_rewrite_preproc", 1)
 
     o_tile, x_tile = register_tile(kernel.out_channels // lanes, kernel.out_width, registers)
     n, y, x, o, ky, kx, i = sch.get_loops(conv)
