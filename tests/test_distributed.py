@@ -143,21 +143,28 @@ def _rank_processes(job_dir: Path) -> list[int]:
     return found
 
 
-def test_killed_distributed_run_resumes_from_its_checkpoint_and_finishes(tmp_path, small_fmnist_npz):
-    fmnist_npz = small_fmnist_npz
-    recipe = _recipe(tmp_path, epochs=4)
-    out = tmp_path / "out"
+def _kill_after_the_first_checkpoint(recipe, data, out, nproc: int) -> Path:
+    """Start ``edgekit compress`` with ``nproc`` processes, SIGKILL its whole session (the CLI, torchrun and the
+    ranks at once: nothing gets to clean up) once the distillation step wrote a checkpoint; its directory."""
     checkpoints = out / "checkpoints" / "step2-distill"
     proc = subprocess.Popen(_cli("compress", "--recipe", str(recipe), "--model", "zoo:fmnist-resnet", "--data",
-                                 str(fmnist_npz), "--out", str(out), "--nproc-per-node", "2"),
+                                 str(data), "--out", str(out), "--nproc-per-node", str(nproc)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 300
     while not (checkpoints / "checkpoint.json").is_file():
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the CLI and torchrun at once: nothing gets to clean up
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    return checkpoints
+
+
+def test_killed_distributed_run_resumes_from_its_checkpoint_and_finishes(tmp_path, small_fmnist_npz):
+    fmnist_npz = small_fmnist_npz
+    recipe = _recipe(tmp_path, epochs=4)
+    out = tmp_path / "out"
+    checkpoints = _kill_after_the_first_checkpoint(recipe, fmnist_npz, out, 2)
     time.sleep(2)
     assert _rank_processes(checkpoints) == [], "ranks outlived their torchrun"
     stopped_at = json.loads((checkpoints / "checkpoint.json").read_text())["epoch"]
@@ -178,17 +185,7 @@ def test_killed_one_process_run_resumes_and_a_resume_on_other_data_is_refused(tm
 
     recipe = _recipe(tmp_path, epochs=4)
     out = tmp_path / "out"
-    checkpoints = out / "checkpoints" / "step2-distill"
-    proc = subprocess.Popen(_cli("compress", "--recipe", str(recipe), "--model", "zoo:fmnist-resnet", "--data",
-                                 str(small_fmnist_npz), "--out", str(out), "--nproc-per-node", "1"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not (checkpoints / "checkpoint.json").is_file():
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # one process: the run and its only rank die together
-    proc.wait()
+    checkpoints = _kill_after_the_first_checkpoint(recipe, small_fmnist_npz, out, 1)  # the run and its only rank
     info = json.loads((checkpoints / "checkpoint.json").read_text())
     stopped_at = info["epoch"]
     assert 1 <= stopped_at < 4 and info["world_size"] == 1 and not (out / "report.json").exists()
