@@ -107,7 +107,7 @@ def test_a_measurement_through_the_pool_agrees_with_a_direct_ssh_deploy(make_dev
     pooled, direct = PoolDevice(tracker.address, "host"), SshDevice(device.host_spec, connect=device.connect_kwargs())
     try:
         rounds = {"pool": [], "direct": []}
-        for _ in range(3):  # alternating, so that drift of the shared machine hits both alike
+        for _ in range(5):  # alternating, so that drift of the shared machine hits both alike
             rounds["pool"].append(pooled.measure(two_conv_artifact, warmup=10, repeats=40))
             rounds["direct"].append(direct.measure(two_conv_artifact, warmup=10, repeats=40))
         cli = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "run", "--artifact",
@@ -122,10 +122,12 @@ def test_a_measurement_through_the_pool_agrees_with_a_direct_ssh_deploy(make_dev
     from_cli = json.loads(cli.stdout)
     assert from_cli["device"]["pool_unit"] == board.unit and from_cli["output_check"]["passed"]
     assert len(from_cli["samples_ms"]) == 20
-    best = {k: min(r.stats["median_ms"] for r in rs) for k, rs in rounds.items()}
-    # Same runner, same protocol, same board: the least-disturbed medians agree within this machine's noise.
-    assert 0.75 < best["pool"] / best["direct"] < 1.33, rounds and {k: [r.stats["median_ms"] for r in rs]
-                                                                    for k, rs in rounds.items()}
+    medians = {k: sorted(r.stats["median_ms"] for r in rs) for k, rs in rounds.items()}
+    typical = {k: ms[len(ms) // 2] for k, ms in medians.items()}
+    # Same runner, same protocol, same board: the typical round of each agrees within this machine's noise. The
+    # median round, not the fastest: on a shared machine one undisturbed round of a 0.2 ms model is 30% faster
+    # than the rest, and the fastest of five is whichever method drew that luck.
+    assert 0.75 < typical["pool"] / typical["direct"] < 1.33, medians
     for key in ("machine", "cpu_model", "cpu_count", "tvm"):
         assert rounds["pool"][0].device.get(key) == rounds["direct"][0].device.get(key), key
     assert _wait_for(lambda: not _processes_left([device])), _processes_left([device])

@@ -76,8 +76,11 @@ def run_join(args) -> int:
     try:
         membership.wait()
     except KeyboardInterrupt:
+        import time
+
+        started = time.monotonic()
         membership.close()
-        info(f"board {membership.unit} left the pool")
+        info(f"board {membership.unit} left the pool ({time.monotonic() - started:.1f} s to stop its server)")
         return 0
     membership.close()
     raise ConnectionLostError("the board's RPC server ended or its SSH link dropped; it has left the pool",

@@ -51,7 +51,9 @@ class ReverseForward:
     def close(self) -> None:
         self._closed.set()
         try:
-            self.transport.cancel_port_forward("127.0.0.1", self.port)
+            # Not paramiko's cancel_port_forward: it waits for the reply with no time limit, and a loaded sshd
+            # (or a dying link) kept `pool join` from exiting on Ctrl-C.  The reply changes nothing here.
+            self.transport.global_request("cancel-tcpip-forward", ("127.0.0.1", self.port), wait=False)
         except Exception:
             pass  # the link is already gone
 
