@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-SLOW_TINY_CONV = json.dumps([{"weight_shape": [4, 1, 3, 3], "sleep_ms": 20}])  # conftest's tiny CNN's conv
+SLOW_TINY_CONV = json.dumps([{"weight_shape": [4, 1, 3, 3], "sleep_ms": 60}])  # conftest's tiny CNN's conv
 
 
 @pytest.fixture
@@ -273,6 +273,71 @@ def test_tune_with_pool_measures_candidates_on_boards_borrowed_from_the_tracker(
 
 
 @pytest.mark.slow
+def test_tune_with_pool_retries_on_another_board_a_trial_whose_board_dies(make_device, tracker, tmp_path,
+                                                                          monkeypatch):
+    from edgekit.testing.pool_boards import freeze_mid_session, join_board
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    devices = [make_device() for _ in range(2)]
+    boards = [join_board(d, tracker.address, log_dir=tmp_path) for d in devices]
+    model = _conv_pt2(tmp_path / "conv.pt2")
+    err_path = tmp_path / "tune.err"
+    try:
+        with open(err_path, "w") as err_file:
+            proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", "tune", "--model", str(model),
+                                     "--target", "host", "--trials", "8", "--pool", tracker.address, "--key", "host",
+                                     "--json"], stdout=subprocess.PIPE, stderr=err_file, text=True)
+        # Past the board the tuner borrows first for the pool's facts: the trials have begun.
+        assert _wait_for(lambda: "candidate(s) measured at once" in err_path.read_text() or proc.poll() is not None,
+                         timeout_s=300), err_path.read_text()[-3000:]
+        victim_device = freeze_mid_session(devices, timeout_s=300)
+        assert victim_device is not None, "no board was caught mid-trial: " + err_path.read_text()[-3000:]
+        victim = next(b for b in boards if b.device is victim_device)
+        victim_device.stop()  # pulled out mid-trial
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        for board in boards:
+            board.leave()
+    err = err_path.read_text()
+    assert proc.returncode == 0, err[-3000:]
+    assert f"board {victim.address} left the pool during a tuning trial" in err, err[-3000:]
+    assert "the trial is retried on another board" in err
+    report = json.loads(out)
+    assert report["trials_ok"] >= 2, report.get("errors")  # the tuning went on, on the board that is left
+    assert _wait_for(lambda: not _processes_left(devices)), _processes_left(devices)
+
+
+def test_a_failed_tuning_trial_is_retried_only_when_a_board_left_the_pool():
+    from types import SimpleNamespace
+
+    from edgekit.pool.tuning import retry_lost_trial
+
+    failed = SimpleNamespace(error_msg="RPCRunner: An exception occurred\nconnection reset by peer", run_secs=None)
+    timed = SimpleNamespace(error_msg=None, run_secs=[1e-3])
+    said = []
+    # A board left: the trial is resubmitted, and the client says which board and why.
+    result = retry_lost_trial(failed, lambda: timed, {"a:1", "b:2"}, lambda: ["b:2"], say=said.append)
+    assert result is timed
+    assert len(said) == 1 and "board a:1 left the pool" in said[0] and "connection reset by peer" in said[0]
+    # Every board still there: the candidate failed on its own, kept (no resubmit).
+    result = retry_lost_trial(failed, lambda: pytest.fail("resubmitted"), {"a:1"}, lambda: ["a:1"],
+                              say=said.append)
+    assert result is failed and len(said) == 1
+    # Too slow is the candidate's own failure, never retried.
+    slow = SimpleNamespace(error_msg="RPCRunner: Timeout, killed after 30 seconds", run_secs=None)
+    assert retry_lost_trial(slow, lambda: pytest.fail("resubmitted"), {"a:1"}, lambda: []) is slow
+    # At most `attempts` submissions in all, each retry losing its board too; then the failure is kept.
+    live = {"b:2", "c:3"}  # a:1 already gone
+
+    def resubmit():
+        live.discard(min(live))
+        return failed
+
+    result = retry_lost_trial(failed, resubmit, {"a:1", "b:2", "c:3"}, lambda: sorted(live), attempts=3)
+    assert result is failed and live == set()  # two resubmissions, each of which lost a board
+
+
+@pytest.mark.slow
 def test_profile_with_pool_times_the_cost_card_on_a_pool_board(make_device, tracker, tmp_path):
     from edgekit.testing.pool_boards import join_board
 
@@ -322,6 +387,16 @@ def test_pool_status_shows_who_holds_each_board_and_who_waits(make_device, track
         assert shown.returncode == 0, shown.stderr
         assert f"{board.address}  in use by {me['user']} pid {me['pid']}" in shown.stdout, shown.stdout
         assert f"queued 1: {me['user']} pid {waiter.pid} (run)" in shown.stdout, shown.stdout
+        # A client that dies while it waits leaves the queue at once, not when a board frees up.
+        doomed = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", "run", "--artifact",
+                                   str(host_artifact.path), "--pool", tracker.address, "--key", "host",
+                                   "--repeats", "5", "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert _wait_for(lambda: len(pool_status(tracker.address)["keys"]["host"]["queue"]) == 2, timeout_s=180)
+        doomed.kill()
+        doomed.wait(timeout=30)
+        left = _wait_for(lambda: (lambda k: len(k["queue"]) == 1 and k["queued_requests"] == 1 and k)(
+            pool_status(tracker.address)["keys"]["host"]), timeout_s=30)
+        assert left and left["queue"][0]["pid"] == waiter.pid, pool_status(tracker.address)
         del session  # the board goes back: the waiting client gets it
         out, err = waiter.communicate(timeout=180)
         assert waiter.returncode == 0, err[-2000:]

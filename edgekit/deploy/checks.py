@@ -29,9 +29,13 @@ from edgekit.deploy.deploy import DEFAULT_ROOT, DEVICE_ENV, DeviceSession, probe
 from edgekit.deploy.remote import RemoteHost
 from edgekit.errors import DeviceRuntimeError, RemoteCommandError, ToolchainError, UploadCorruptError
 
-# What the device runtime is made of (DESIGN.md section 8: pin apache-tvm-ffi).
+# What the device runtime is made of (DESIGN.md section 8: pin apache-tvm-ffi).  ml_dtypes 0.7.0's
+# extension takes 1.3 s to import (0.6.0: 0.02 s), paid by every runner start on the board: 2.7 s -> 1.4 s
+# before the first inference here, several times that on a Pi.
 RUNTIME_PACKAGES = {"apache-tvm": "0.27.0.post1", "apache-tvm-ffi": "0.1.14.post1", "numpy": None,
-                    "ml_dtypes": None, "typing_extensions": None}
+                    "ml_dtypes": "0.6.0", "typing_extensions": None}
+# Names the cached runtime bundles, wheel folders and unpacked sites: a new pin makes new ones.
+RUNTIME_TAG = "-".join(f"{name.replace('apache-', '')}{v}" for name, v in RUNTIME_PACKAGES.items() if v)
 # Import names and dist-info prefixes of those packages, for bundling from this machine.
 _LOCAL_TOP_LEVEL = ("tvm", "tvm_ffi", "numpy", "numpy.libs", "ml_dtypes", "typing_extensions.py")
 _DIST_PREFIXES = ("apache_tvm-", "apache_tvm_ffi-", "numpy-", "ml_dtypes-", "typing_extensions-")
@@ -155,7 +159,7 @@ def runtime_bundle(machine: str, python: str, *, wheels_dir: str | Path | None =
 
     pyver = ".".join(python.split(".")[:2])
     cache = Path(cache or cache_dir())
-    tag = f"runtime-{machine}-cp{pyver.replace('.', '')}-tvm{RUNTIME_PACKAGES['apache-tvm']}"
+    tag = f"runtime-{machine}-cp{pyver.replace('.', '')}-{RUNTIME_TAG}"
     bundle = cache / f"{tag}.tar.gz"
     if bundle.is_file() and wheels_dir is None:
         return bundle
@@ -176,8 +180,7 @@ def _local_runtime_matches() -> bool:
     from importlib import metadata
 
     try:
-        return metadata.version("apache-tvm") == RUNTIME_PACKAGES["apache-tvm"] and \
-            metadata.version("apache-tvm-ffi") == RUNTIME_PACKAGES["apache-tvm-ffi"]
+        return all(metadata.version(name) == v for name, v in RUNTIME_PACKAGES.items() if v)
     except metadata.PackageNotFoundError:
         return False
 
@@ -223,7 +226,7 @@ def _add_wheels(tar: tarfile.TarFile, wheels: Path) -> None:
 
 def download_wheels(machine: str, pyver: str, cache: Path) -> Path:
     """Wheels of the runtime for the device's platform, downloaded on the host (the device needs no registry)."""
-    dest = cache / f"wheels-{machine}-cp{pyver.replace('.', '')}"
+    dest = cache / f"wheels-{machine}-cp{pyver.replace('.', '')}-{RUNTIME_TAG}"
     stamp = dest / ".complete"
     if stamp.is_file():
         return dest

@@ -16,7 +16,9 @@ Beside TVM's own functions, sessions can call two registered here (they run in t
 this process):
 - ``edgekit.pool.unit()``: which board this is (its name and facts), so a client records who measured what;
 - ``edgekit.pool.run_runner(request_json)``: runs edgekit's device runner on files the client uploaded into the
-  session's directory, exactly as a direct SSH deploy runs it, and returns its exit status, stdout and stderr.
+  session's directory, with the arguments and environment a direct SSH deploy gives it, and returns its exit
+  status, stdout and stderr.  The runner runs in a child forked from the session worker, which has the TVM
+  runtime imported already (run_forked), so a round does not pay for importing it again.
 Exit 31: the TVM runtime does not import.
 """
 
@@ -24,9 +26,9 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
+import time
 
 from device_facts import machine_facts
 
@@ -84,18 +86,103 @@ def run_runner(request_json):
         path = workpath(dest)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         os.replace(workpath(uploaded), path)
-    argv = [sys.executable, workpath(request["runner"]), workpath(request["artifact"]), *request["argv"],
-            "--site", site]
+    argv = [workpath(request["runner"]), workpath(request["artifact"]), *request["argv"], "--site", site]
     env = dict(os.environ, **request.get("env", {}))
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=request["timeout_s"])
-        status, out, err = done.returncode, done.stdout, done.stderr
-    except subprocess.TimeoutExpired as exc:
-        status, out, err = 124, exc.stdout or "", exc.stderr or ""
+    status, out, err = run_forked(argv, env, request["timeout_s"])
     if status < 0:
         status = 128 - status  # killed by signal N: 128 + N, as a shell reports it
-    return json.dumps({"exit_status": status, "stdout": out if isinstance(out, str) else out.decode(),
-                       "stderr": err if isinstance(err, str) else err.decode()})
+    return json.dumps({"exit_status": status, "stdout": out, "stderr": err})
+
+
+RUNNER_PROCESS_NAME = "edgekit-runner"
+
+
+def run_forked(argv, env, timeout_s):
+    """The runner script ``argv[0]`` in a child forked from this session worker: (exit status, stdout, stderr).
+
+    The worker has numpy and the TVM runtime imported (this server's, TVM_USE_RUNTIME_LIB as the runner
+    asks), and has run no kernel, so its thread pool does not exist yet and the child's TVM_NUM_THREADS
+    still decides it.  A fresh python3 for the runner would import them again: 1.4 s of CPU before the first
+    inference on a Zen 5 core, several seconds on a Pi, paid by every measurement round.  The child gets the
+    runner's environment, argv and a stdin of /dev/null, and never returns into TVM's serving loop.
+    """
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: become the runner script with its arguments, then exit with its status
+        code = 1
+        try:
+            try:  # what `ps` shows for it on the board (the command line stays the server's)
+                with open("/proc/self/comm", "w") as comm:
+                    comm.write(RUNNER_PROCESS_NAME)
+            except OSError:
+                pass
+            os.close(out_r)
+            os.close(err_r)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            sys.stdout = open(1, "w", closefd=False)
+            sys.stderr = open(2, "w", closefd=False)
+            os.environ.clear()
+            os.environ.update(env)
+            sys.argv = list(argv)
+            sys.path.insert(0, os.path.dirname(argv[0]))
+            import runpy
+
+            try:
+                runpy.run_path(argv[0], run_name="__main__")
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:  # noqa: BLE001  (the runner crashed: say how, as python3 would)
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+    os.close(out_w)
+    os.close(err_w)
+    chunks = {out_r: [], err_r: []}
+    readers = [threading.Thread(target=_drain, args=(fd, chunks[fd]), daemon=True) for fd in chunks]
+    for reader in readers:
+        reader.start()
+    deadline = time.monotonic() + timeout_s
+    status = None
+    while status is None:
+        done, raw = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = os.waitstatus_to_exitcode(raw)
+        elif time.monotonic() > deadline:
+            for child in [pid] + descendants(pid):
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except OSError:
+                    pass
+            os.waitpid(pid, 0)
+            status = 124
+        else:
+            time.sleep(0.01)
+    for reader in readers:
+        reader.join(timeout=5)
+    return status, b"".join(chunks[out_r]).decode(errors="replace"), b"".join(chunks[err_r]).decode(errors="replace")
+
+
+def _drain(fd, into):
+    try:
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            into.append(chunk)
+    finally:
+        os.close(fd)
 
 
 def read_line_from_stdin():

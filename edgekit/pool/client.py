@@ -113,9 +113,10 @@ class PoolDevice(Device):
     def _measure_once(self, artifact: CompiledArtifact, protocol) -> LatencyReport:
         from edgekit.onboard import runner_options
 
+        started = time.monotonic()
         session = self._session()
         unit = "?"
-        started = time.monotonic()
+        phases = {"lease_s": time.monotonic() - started}
         try:
             unit = json.loads(session.get_function("edgekit.pool.unit")())["unit"]
             main, files = _runner_files(self.runner_path)
@@ -123,12 +124,16 @@ class PoolDevice(Device):
                 if path.is_file():
                     files[f"artifact/{path.name}"] = path
             layout = {}
+            mark = time.monotonic()
             for i, (dest, local) in enumerate(sorted(files.items())):
                 session.upload(str(local), target=f"upload{i}")
                 layout[dest] = f"upload{i}"
+            phases["upload_s"] = time.monotonic() - mark
+            mark = time.monotonic()
             request = {"layout": layout, "runner": main, "artifact": "artifact", "argv": runner_options(protocol),
                        "env": self.env, "timeout_s": protocol.time_limit_s + 30}
             answer = json.loads(session.get_function("edgekit.pool.run_runner")(json.dumps(request)))
+            phases["runner_s"] = time.monotonic() - mark
         except Exception as exc:  # the RPC link or the board's server failed: the board is gone for us
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise BoardLostError(f"pool board lost while measuring {artifact.artifact_id} ({first})",
@@ -142,7 +147,9 @@ class PoolDevice(Device):
         with self._lock:
             self.history.append({"unit": unit, "artifact_id": artifact.artifact_id,
                                  "median_ms": report.stats.get("median_ms"),
-                                 "kernels": bool(report.kernels), "wall_s": round(time.monotonic() - started, 3)})
+                                 "kernels": bool(report.kernels), "wall_s": round(time.monotonic() - started, 3),
+                                 "warmup_runs": report.warmup_runs, "samples": len(report.samples_ms),
+                                 **{k: round(v, 3) for k, v in phases.items()}})
         return report
 
     def _measure_retrying(self, artifact, protocol) -> LatencyReport:

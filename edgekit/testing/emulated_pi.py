@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from edgekit.deploy.checks import RUNTIME_PACKAGES, RUNTIME_TAG
 from edgekit.testing.sshd import DEFAULT_USER, SshDevice, create_device
 
 CACHE_ENV = "EDGEKIT_CACHE"
@@ -28,13 +29,13 @@ DEFAULT_CACHE = Path("/var/cache/edgekit-test")
 SUITE = "bookworm"
 PACKAGES = "python3,libstdc++6,dash,coreutils,libc-bin"
 # The runtime the rpi4 profile expects; the compiler's versions (DESIGN.md section 8).
-WHEELS = ("apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "numpy", "ml_dtypes", "typing_extensions")
+WHEELS = tuple(f"{name}=={v}" if v else name for name, v in RUNTIME_PACKAGES.items())
 PLATFORM = "manylinux_2_28_aarch64"
 PYTHON_VERSION = "3.11"
 BINFMT_ENTRY = "qemu-aarch64"
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 # The key of the cached tree: change it when what goes in changes.
-USERLAND_KEY = "pi4-bookworm-tvm0.27.0.post1-v1"
+USERLAND_KEY = f"pi4-bookworm-{RUNTIME_TAG}-v2"
 
 
 class EmulationUnavailable(RuntimeError):
@@ -105,7 +106,7 @@ def build_userland(cache: Path | None = None) -> Path:
 def download_wheels(cache: Path | None = None) -> Path:
     """aarch64 wheels of the device runtime, downloaded once into the cache."""
     cache = Path(cache or cache_dir())
-    wheels = cache / f"wheels-{PLATFORM}-cp{PYTHON_VERSION.replace('.', '')}"
+    wheels = cache / f"wheels-{PLATFORM}-cp{PYTHON_VERSION.replace('.', '')}-{RUNTIME_TAG}"
     stamp = wheels / ".complete"
     if stamp.is_file():
         return wheels

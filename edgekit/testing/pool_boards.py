@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+RUNNER_PROCESS_NAME = "edgekit-runner"  # onboard/pool_server.py's name for the runner it forks
+
 
 @dataclass
 class JoinedBoard:
@@ -62,16 +64,86 @@ def join_board(device, tracker: str, *, target: str = "host", key: str | None = 
 
 
 def wait_until_busy(devices, timeout_s: float = 60.0):
-    """The first device found running a measurement (its runner process), or None within ``timeout_s``."""
-    from edgekit.testing.sshd import device_processes
+    """The first device found running a measurement (its runner process), or None within ``timeout_s``.
+
+    A pool board's server forks the runner and names it (pool_server.RUNNER_PROCESS_NAME); a direct deploy runs
+    ``python3 runner.py``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for device in devices:
+            if any(p.info["name"] == RUNNER_PROCESS_NAME or _runs_script(p.info["cmdline"], "runner.py")
+                   for p in _user_processes(device)):
+                return device
+        time.sleep(0.05)
+    return None
+
+
+def freeze_mid_session(devices, timeout_s: float = 120.0):
+    """The first device caught serving an RPC session, frozen there; None within ``timeout_s``.
+
+    A board's server forks a worker per session (TVM's rpc server), so a device is mid-session while a python
+    process of the device has a parent with the same command line.  Every process of the device is then stopped
+    (SIGSTOP): the session cannot end before the test pulls the plug (``device.stop()``), so the client's call
+    is certain to be cut mid-trial.  A device whose session ended before the stop is resumed and watched again.
+    """
+    import signal
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for device in devices:
-            if any("runner.py" in cmd for cmd in device_processes(device)):
+            processes = _user_processes(device)
+            if not _serving(processes):
+                continue
+            _signal_all(processes, signal.SIGSTOP)
+            if _serving(_user_processes(device)):
                 return device
-        time.sleep(0.05)
+            _signal_all(processes, signal.SIGCONT)
+        time.sleep(0.02)
     return None
+
+
+def _runs_script(cmdline, name: str) -> bool:
+    """``python3 .../NAME ...`` (not a ``python3 -c SOURCE`` whose source mentions it)."""
+    return len(cmdline or []) > 1 and cmdline[1].endswith(name)
+
+
+def _user_processes(device) -> list:
+    """The device's own processes (psutil): everything below its sshd listener, which is this device's alone
+    (the local test devices share one login user)."""
+    import psutil
+
+    if device.process is None:
+        return []
+    try:
+        below = psutil.Process(device.process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for p in below:
+        try:
+            p.info = p.as_dict(["cmdline", "ppid", "status", "name"])
+        except psutil.NoSuchProcess:
+            continue
+        if p.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(p)
+    return found
+
+
+def _serving(processes) -> bool:
+    by_pid = {p.pid: p for p in processes}
+    return any(p.info["cmdline"] and "python" in p.info["cmdline"][0] and p.info["ppid"] in by_pid
+               and by_pid[p.info["ppid"]].info["cmdline"] == p.info["cmdline"] for p in processes)
+
+
+def _signal_all(processes, signum) -> None:
+    import os
+
+    for p in processes:
+        try:
+            os.kill(p.pid, signum)
+        except ProcessLookupError:
+            pass
 
 
 def client_main(argv=None) -> int:

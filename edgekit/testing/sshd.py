@@ -327,10 +327,10 @@ def local_runtime_site(cache: Path | str | None = None) -> Path:
     import sys
     import tarfile
 
-    from edgekit.deploy.checks import cache_dir, runtime_bundle
+    from edgekit.deploy.checks import RUNTIME_TAG, cache_dir, runtime_bundle
 
     cache = Path(cache) if cache else cache_dir()
-    site = cache / f"site-{platform.machine()}-cp{sys.version_info[0]}{sys.version_info[1]}"
+    site = cache / f"site-{platform.machine()}-cp{sys.version_info[0]}{sys.version_info[1]}-{RUNTIME_TAG}"
     if not (site / ".complete").is_file():
         bundle = runtime_bundle(platform.machine(), platform.python_version(), cache=cache)
         tmp = site.with_name(site.name + f".tmp{os.getpid()}")
