@@ -128,7 +128,7 @@ def _compile_imported(imported, *, profile, tvm_target, tvm_version, recipe, tol
     from edgekit.compile.build import build_library
     from edgekit.compile.memory_plan import capture_lowered, memory_of
 
-    plan, optimized = _tuning_for(imported.mod, profile, tvm_target, tuning)
+    plan, optimized = _tuning_for(imported, profile, tvm_target, tuning)
     tuning_digest = plan.digest if plan is not None else None
     key = {
         "model": imported.content_sha256,
@@ -195,8 +195,9 @@ def _compile_imported(imported, *, profile, tvm_target, tvm_version, recipe, tol
     return CompiledArtifact.open(final_dir)
 
 
-def _tuning_for(mod, profile, tvm_target, tuning):
-    """(the records a build applies, ``mod`` after the graph passes), or (None, None) without a database.
+def _tuning_for(imported, profile, tvm_target, tuning):
+    """(the records a build applies, ``imported.mod`` after the graph passes), or (None, None) without a
+    database (then the module is not translated here: a cached artifact may need it never).
 
     The plan is a tuning_db.BuildPlan: the record chosen per kernel (anchor-block match, those
     measured slower than the default schedule kept out), their digest for the artifact id
@@ -217,7 +218,7 @@ def _tuning_for(mod, profile, tvm_target, tuning):
             raise CompileError(f"tuning database {path} does not exist", hint="run `edgekit tune` first")
     if path is None:
         return None, None
-    optimized = optimize_graph(mod, tvm_target)
+    optimized = optimize_graph(imported.mod, tvm_target)
     return plan_for_build(optimized, tvm_target, path, graph_optimized=True), optimized
 
 

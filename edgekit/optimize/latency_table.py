@@ -144,17 +144,25 @@ def build_probe(specs: list[ConvSpec]):
     return Probe().eval(), [(1, *shape) for shape in shapes]
 
 
-def kernels_by_module(probe, artifact, kernels: list[dict]) -> dict[str, dict]:
-    """The probe's timed kernels by the one conv module each was fused from (``convs.3``): the cost card's
-    kernel-to-module mapping (edgekit.measure.kernel_sources), so the table and ``edgekit profile`` agree on which
-    kernel is which layer.  Empty where the mapping cannot be traced; the caller then matches by shapes."""
+def probe_kernel_sources(probe, artifact) -> dict:
+    """The cost card's kernel-to-module mapping of a probe artifact (edgekit.measure.kernel_sources); empty where
+    it cannot be traced (a profile not found by name, a trace the mapping cannot follow: shapes still work)."""
     try:
         from edgekit.measure.cost_card import kernel_sources_for
         from edgekit.targets import load_target
 
-        sources = kernel_sources_for(probe, load_target(artifact.target_name), artifact)[0]
-    except Exception:  # a profile not found by name, a trace the mapping cannot follow: shapes still work
+        return kernel_sources_for(probe, load_target(artifact.target_name), artifact)[0]
+    except Exception:  # noqa: BLE001
         return {}
+
+
+def kernels_by_module(probe, artifact, kernels: list[dict], sources: dict | None = None) -> dict[str, dict]:
+    """The probe's timed kernels by the one conv module each was fused from (``convs.3``): the cost card's
+    kernel-to-module mapping (``sources``, traced here when not given), so the table and ``edgekit profile``
+    agree on which kernel is which layer.  Empty where the mapping cannot be traced; the caller then matches by
+    shapes."""
+    if sources is None:
+        sources = probe_kernel_sources(probe, artifact)
     found = {}
     for k in kernels:
         modules = [m for m in getattr(sources.get(k["name"]), "modules", []) if m.startswith("convs.")]
@@ -250,16 +258,23 @@ class LatencyTable:
     def fill(self, specs: list[ConvSpec], *, compile_fn: Callable, measure_fn: Callable,
              chunk: int = 48) -> int:
         """Measure every spec the table lacks (probe artifacts, per-kernel timing); returns how many."""
+        import concurrent.futures
+
         todo = self.missing(specs)
         for start in range(0, len(todo), chunk):
             part = todo[start:start + chunk]
             probe, shapes = build_probe(part)
             artifact = compile_fn(probe, shapes)
-            report = measure_fn(artifact, kernels=True)
+            # The mapping is host work that needs only the probe and its artifact: traced while the device
+            # measures (this thread only waits on it), not after.
+            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="probe-sources") as tracer:
+                sources = tracer.submit(probe_kernel_sources, probe, artifact)
+                report = measure_fn(artifact, kernels=True)
+                sources = sources.result()
             if not report.kernels:
                 raise KernelTimingUnavailable("the device's runner reports no per-kernel timing")
             self.stats["probes"] += 1
-            by_module = kernels_by_module(probe, artifact, report.kernels)  # the cost card's mapping
+            by_module = kernels_by_module(probe, artifact, report.kernels, sources)  # the cost card's mapping
             by_shape = {}
             for k in report.kernels:
                 shapes_k = [a["shape"] for a in k.get("args", []) if isinstance(a, dict)]

@@ -87,7 +87,9 @@ class SearchLoop:
         if self.proxy:
             self.latency.prepare_proxy(model)
         else:
-            stale = self.latency.check_device(model)  # the device's fingerprint, first
+            # The device's fingerprint first, where cached entries could be stale; an empty table learns it
+            # from the baseline's own measurement (one short run on the device fewer).
+            stale = self.latency.check_device(model) if self.latency.table.entries else 0
             if stale:
                 self.say(f"latency table {self.latency.table.path}: {stale} cached entries are stale (the device's "
                          "runtime or fingerprint changed); they will be re-measured")

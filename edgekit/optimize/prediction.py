@@ -49,6 +49,9 @@ class LatencyOracle:
             f"ssh:{setup['host']}" if setup.get("host") else "local")
         self.table = LatencyTable.open(identity=identity, target=config.target, threads=setup.get("threads", 1),
                                        cache_dir=cache_dir, schedules=_schedule_state(config.target))
+        self._compiled: dict[str, Any] = {}  # _model_digest -> artifact, for this search
+        if hasattr(device, "prepare") and not proxy:
+            device.prepare(config.measure_rounds)  # e.g. a pool's worker processes start while the host compiles
 
     def check_device(self, model) -> int:
         """One short run of ``model``: the device's fingerprint; returns how many cached entries it made stale."""
@@ -77,6 +80,14 @@ class LatencyOracle:
         self.on_event(kind, payload)
 
     def compile(self, model, shapes=None):
+        """The model's artifact; one the search compiled before (same structure, same weights) is not imported
+        again (the device check and the baseline measurement compile the same model, back to back)."""
+        key = _model_digest(model, shapes or [self.input_shape])
+        if key not in self._compiled:
+            self._compiled[key] = self._compile(model, shapes)
+        return self._compiled[key]
+
+    def _compile(self, model, shapes=None):
         from edgekit.compile import compile_model
         from edgekit.compress.quantize import INT8_CHECK_TOLERANCE
         from edgekit.optimize.quantize_choice import quantized_layer_names
@@ -222,6 +233,19 @@ class LatencyOracle:
     def table_info(self):
         return {"path": str(self.table.path), "fingerprint": self.table.fingerprint, **self.table.stats,
                 "entries": len(self.table.entries), "mode": self.mode}
+
+
+def _model_digest(model, shapes) -> str:
+    """Structure (the module tree's repr), every parameter and buffer, and the input shapes, as one sha256."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}\n{model!r}\n{shapes}".encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def param_bytes(model) -> int:

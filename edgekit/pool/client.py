@@ -231,6 +231,13 @@ class PoolDevice(Device):
             r.stats["unit_spread"] = spread.to_dict()
         return kept
 
+    def prepare(self, rounds: int) -> None:
+        """Start the worker processes for ``rounds`` concurrent rounds now, so that their start (each imports
+        TVM) overlaps the host's own work instead of delaying the first measurement."""
+        workers = self._workers(max(1, rounds))
+        for _ in range(max(1, rounds)):
+            workers.submit(_started)
+
     def _workers(self, n: int):
         """Worker processes for concurrent rounds, started once (spawned: no forked TVM or torch state)."""
         import multiprocessing
@@ -278,6 +285,10 @@ def _worker_init(barrier) -> None:
         barrier.wait(timeout=120)
     except BrokenBarrierError:
         pass  # fewer workers started than asked for: go on, the rounds are served all the same
+
+
+def _started() -> None:
+    """A no-op job: submitting one makes the executor start a worker."""
 
 
 def _measure_in_worker(address, key, runner_path, env, queue_timeout_s, artifact_path, protocol_dict, client=None):
