@@ -232,24 +232,33 @@ def _watch_holders(address, seen, stop):
         time.sleep(0.1)
 
 
-@pytest.mark.slow
-def test_tune_with_pool_measures_candidates_on_boards_borrowed_from_the_tracker(make_device, tracker, tmp_path,
-                                                                                 monkeypatch):
-    import threading
-
+def _two_boards_and_a_conv(make_device, tracker, tmp_path, monkeypatch):
+    """Two local boards joined to ``tracker`` (key host), a tuning cache of the test's own, a conv .pt2."""
     from edgekit.testing.pool_boards import join_board
 
     monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
     devices = [make_device() for _ in range(2)]
     boards = [join_board(d, tracker.address, log_dir=tmp_path) for d in devices]
-    model = _conv_pt2(tmp_path / "conv.pt2")
+    return devices, boards, _conv_pt2(tmp_path / "conv.pt2")
+
+
+def _tune_on_pool(model, tracker, *, trials: int) -> list[str]:
+    return [sys.executable, "-m", "edgekit.cli.main", "tune", "--model", str(model), "--target", "host",
+            "--trials", str(trials), "--pool", tracker.address, "--key", "host", "--json"]
+
+
+@pytest.mark.slow
+def test_tune_with_pool_measures_candidates_on_boards_borrowed_from_the_tracker(make_device, tracker, tmp_path,
+                                                                                 monkeypatch):
+    import threading
+
+    devices, boards, model = _two_boards_and_a_conv(make_device, tracker, tmp_path, monkeypatch)
     seen, stop = [], threading.Event()
     watcher = threading.Thread(target=_watch_holders, args=(tracker.address, seen, stop), daemon=True)
     watcher.start()
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", "tune", "--model", str(model),
-                                 "--target", "host", "--trials", "4", "--pool", tracker.address, "--key", "host",
-                                 "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(_tune_on_pool(model, tracker, trials=4), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
         out, err = proc.communicate(timeout=600)
     finally:
         stop.set()
@@ -275,18 +284,14 @@ def test_tune_with_pool_measures_candidates_on_boards_borrowed_from_the_tracker(
 @pytest.mark.slow
 def test_tune_with_pool_retries_on_another_board_a_trial_whose_board_dies(make_device, tracker, tmp_path,
                                                                           monkeypatch):
-    from edgekit.testing.pool_boards import freeze_mid_session, join_board
+    from edgekit.testing.pool_boards import freeze_mid_session
 
-    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
-    devices = [make_device() for _ in range(2)]
-    boards = [join_board(d, tracker.address, log_dir=tmp_path) for d in devices]
-    model = _conv_pt2(tmp_path / "conv.pt2")
+    devices, boards, model = _two_boards_and_a_conv(make_device, tracker, tmp_path, monkeypatch)
     err_path = tmp_path / "tune.err"
     try:
         with open(err_path, "w") as err_file:
-            proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", "tune", "--model", str(model),
-                                     "--target", "host", "--trials", "8", "--pool", tracker.address, "--key", "host",
-                                     "--json"], stdout=subprocess.PIPE, stderr=err_file, text=True)
+            proc = subprocess.Popen(_tune_on_pool(model, tracker, trials=8), stdout=subprocess.PIPE, stderr=err_file,
+                                    text=True)
         # Past the board the tuner borrows first for the pool's facts: the trials have begun.
         assert _wait_for(lambda: "candidate(s) measured at once" in err_path.read_text() or proc.poll() is not None,
                          timeout_s=300), err_path.read_text()[-3000:]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -59,6 +58,7 @@ def main(argv=None) -> int:
     from edgekit.testing.pool_boards import join_board
     from edgekit.testing.slow_runner import SLOW_ENV
     from edgekit.testing.sshd import create_device, local_runtime_site
+    from bench_speed import machine  # tools/ is this script's directory
 
     work = Path(tempfile.mkdtemp(prefix="edgekit-bench-pool-"))
     cache = Path(os.environ.setdefault("EDGEKIT_CACHE", "/var/cache/edgekit-test"))
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
 
     speedup = results["solo"]["wall_s"] / results["trio"]["wall_s"]
     report = {"what": "optimize_model wall time, 1 vs 3 boards of one key in the pool (same budget, seed, protocol)",
-              "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+              "machine": {"cpus": os.cpu_count(), **machine()},  # the CPU and its ISA (tools/bench_speed.py)
               "model": "ResNetTiny(width=8) on digits, 28x28", "size_budget_bytes": budget,
               "baseline_size_bytes": baseline_size, "search": FAST, "stem_sleep_ms": args.sleep_ms, "size_ratio": args.size_ratio,
               "one_board": results["solo"], "three_boards": results["trio"], "warmup": results["warmup"],
@@ -153,7 +153,8 @@ def _markdown(r) -> str:
     return "\n".join([
         "# bench_pool: optimize with 1 and 3 boards in the pool",
         "",
-        f"`python tools/bench_pool.py --sleep-ms {r['stem_sleep_ms']:g} --size-ratio {r.get('size_ratio', 0.7):g}` on {r['machine']['cpus']} CPUs. "
+        f"`python tools/bench_pool.py --sleep-ms {r['stem_sleep_ms']:g} --size-ratio {r.get('size_ratio', 0.7):g}` on {r['machine']['cpus']} CPUs "
+        f"({r['machine'].get('cpu', '?')}, {r['machine'].get('isa', '?')}). "
         f"{r['model']}, size budget {r['size_budget_bytes']} bytes ({r['baseline_size_bytes']} at the start), "
         f"seed 0, {r['search']['measure_rounds']} measurement rounds of {r['search']['repeats']} runs each, "
         f"at most {r['search']['max_iterations']} iterations.",
