@@ -90,7 +90,8 @@ def test_two_clients_share_three_boards_and_finish_when_one_dies_mid_measurement
     for board in boards:
         board.leave()
     survivors = [b for b in boards if b is not victim]
-    assert all(b.process.returncode == 0 for b in survivors), [b.log()[-1000:] for b in survivors]
+    assert all(b.process.returncode == 0 for b in survivors), [(b.process.returncode, b.log()[-1000:])
+                                                               for b in survivors]
     assert _wait_for(lambda: not _processes_left(devices)), _processes_left(devices)
     assert _wait_for(lambda: pool_status(tracker.address)["keys"]["host"]["boards"] == [])
 

@@ -79,6 +79,7 @@ def run_join(args) -> int:
         import time
 
         started = time.monotonic()
+        info(f"board {membership.unit} leaving the pool: stopping its server")
         membership.close()
         info(f"board {membership.unit} left the pool ({time.monotonic() - started:.1f} s to stop its server)")
         return 0
