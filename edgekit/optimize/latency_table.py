@@ -156,13 +156,10 @@ def probe_kernel_sources(probe, artifact) -> dict:
         return {}
 
 
-def kernels_by_module(probe, artifact, kernels: list[dict], sources: dict | None = None) -> dict[str, dict]:
-    """The probe's timed kernels by the one conv module each was fused from (``convs.3``): the cost card's
-    kernel-to-module mapping (``sources``, traced here when not given), so the table and ``edgekit profile``
-    agree on which kernel is which layer.  Empty where the mapping cannot be traced; the caller then matches by
-    shapes."""
-    if sources is None:
-        sources = probe_kernel_sources(probe, artifact)
+def kernels_by_module(kernels: list[dict], sources: dict) -> dict[str, dict]:
+    """The probe's timed kernels by the one conv module each was fused from (``convs.3``), from the cost card's
+    kernel-to-module mapping (``probe_kernel_sources``), so the table and ``edgekit profile`` agree on which
+    kernel is which layer.  Empty where the mapping cannot be traced; the caller then matches by shapes."""
     found = {}
     for k in kernels:
         modules = [m for m in getattr(sources.get(k["name"]), "modules", []) if m.startswith("convs.")]
@@ -274,7 +271,7 @@ class LatencyTable:
             if not report.kernels:
                 raise KernelTimingUnavailable("the device's runner reports no per-kernel timing")
             self.stats["probes"] += 1
-            by_module = kernels_by_module(probe, artifact, report.kernels, sources)  # the cost card's mapping
+            by_module = kernels_by_module(report.kernels, sources)  # the cost card's mapping
             by_shape = {}
             for k in report.kernels:
                 shapes_k = [a["shape"] for a in k.get("args", []) if isinstance(a, dict)]

@@ -80,8 +80,8 @@ class LatencyOracle:
         self.on_event(kind, payload)
 
     def compile(self, model, shapes=None):
-        """The model's artifact; one the search compiled before (same structure, same weights) is not imported
-        again (the device check and the baseline measurement compile the same model, back to back)."""
+        """The model's artifact; one the search compiled before (same structure, same weights) is not exported
+        again (e.g. the device check and the baseline measurement, or a final model no iteration changed)."""
         key = _model_digest(model, shapes or [self.input_shape])
         if key not in self._compiled:
             self._compiled[key] = self._compile(model, shapes)
@@ -239,13 +239,10 @@ def _model_digest(model, shapes) -> str:
     """Structure (the module tree's repr), every parameter and buffer, and the input shapes, as one sha256."""
     import hashlib
 
-    import torch
+    from edgekit.compress.distributed import state_fingerprint
 
-    digest = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}\n{model!r}\n{shapes}".encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}\n{model!r}\n{shapes}\n"
+                          f"{state_fingerprint(model)}".encode()).hexdigest()
 
 
 def param_bytes(model) -> int:

@@ -234,8 +234,9 @@ class PoolDevice(Device):
     def prepare(self, rounds: int) -> None:
         """Start the worker processes for ``rounds`` concurrent rounds now, so that their start (each imports
         TVM) overlaps the host's own work instead of delaying the first measurement."""
-        workers = self._workers(max(1, rounds))
-        for _ in range(max(1, rounds)):
+        rounds = max(1, rounds)
+        workers = self._workers(rounds)
+        for _ in range(rounds):
             workers.submit(_started)
 
     def _workers(self, n: int):

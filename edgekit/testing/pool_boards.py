@@ -76,7 +76,7 @@ def wait_until_busy(devices, timeout_s: float = 60.0):
     while time.monotonic() < deadline:
         for device in devices:
             if any(p.info["name"] == RUNNER_PROCESS_NAME or _runs_script(p.info["cmdline"], "runner.py")
-                   for p in _user_processes(device)):
+                   for p in _device_tree(device)):
                 return device
         time.sleep(0.05)
     return None
@@ -95,11 +95,11 @@ def freeze_mid_session(devices, timeout_s: float = 120.0):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for device in devices:
-            processes = _user_processes(device)
+            processes = _device_tree(device)
             if not _serving(processes):
                 continue
             _signal_all(processes, signal.SIGSTOP)
-            if _serving(_user_processes(device)):
+            if _serving(_device_tree(device)):
                 return device
             _signal_all(processes, signal.SIGCONT)
         time.sleep(0.02)
@@ -111,9 +111,10 @@ def _runs_script(cmdline, name: str) -> bool:
     return len(cmdline or []) > 1 and cmdline[1].endswith(name)
 
 
-def _user_processes(device) -> list:
-    """The device's own processes (psutil): everything below its sshd listener, which is this device's alone
-    (the local test devices share one login user)."""
+def _device_tree(device) -> list:
+    """The device's running processes (psutil): everything below its sshd listener, which is this device's
+    alone (the local test devices share one login user).  Unlike sshd.device_processes, it cannot see what a
+    stopped device left behind: it is for watching a live device, not for proving nothing is left."""
     import psutil
 
     if device.process is None:
