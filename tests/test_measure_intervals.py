@@ -113,17 +113,26 @@ def test_the_stopping_rule_keeps_fixed_repeats_when_off_and_honours_its_sample_c
 
 
 def test_warm_up_continues_until_two_windows_agree():
-    # cold runs: 1 ms plus a part that decays (caches filling, clocks ramping), 8 ms at first
+    # cold runs: 1 ms plus a part that decays (caches filling, clocks ramping), 8 ms at first.  A simulated
+    # clock that each run advances keeps the rule's test independent of how busy the machine is.
+    now = [0.0]
     times = iter([1e-3 + 8e-3 * 0.6 ** i for i in range(1000)])
-    import time as time_module
+
+    def clock():
+        return now[0]
 
     def run():
-        time_module.sleep(next(times))
+        now[0] += next(times)
 
-    runs, settled = runner.warm_up(run, 4, 0.15, 5.0)
-    assert settled is True and 10 <= runs <= 16  # windows of 3: medians 3.9, 1.6, 1.13, 1.03 ms
-    assert runner.warm_up(run, 4, 0.0, 2.0) == (4, None)  # settling off: exactly the minimum
-    assert runner.warm_up(lambda: time_module.sleep(next(iter([1e-3]))), 4, 1e-9, 0.05)[1] in (True, False)
+    runs, settled = runner.warm_up(run, 4, 0.15, 5.0, clock=clock)
+    assert settled is True and runs == 13  # windows of 3: medians 3.9, 1.6, 1.13, 1.03 ms
+    assert runner.warm_up(run, 4, 0.0, 2.0, clock=clock) == (4, None)  # settling off: exactly the minimum
+
+    def never_settles():
+        now[0] += 1e-3 if (now[0] * 1e3) % 2 < 1 else 3e-3  # alternates 1 and 3 ms: windows never agree
+
+    runs, settled = runner.warm_up(never_settles, 4, 0.01, 0.05, clock=clock)
+    assert settled is False and runs < 60  # the cap ends it
 
 
 # ---------------------------------------------------------------- board state

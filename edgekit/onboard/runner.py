@@ -173,32 +173,33 @@ def pin_to_cpus(text):
     return cpus
 
 
-def warm_up(run, minimum, settle_ratio, cap_s):
+def warm_up(run, minimum, settle_ratio, cap_s, clock=time.perf_counter):
     """Untimed runs until the timings settle: ``minimum`` runs, then windows of runs until the medians of two
     consecutive windows differ by at most ``settle_ratio`` (caches, page faults, clocks ramping up), or
-    ``cap_s`` seconds pass.  Returns (runs made, settled)."""
+    ``cap_s`` seconds pass.  Returns (runs made, settled).  ``clock`` is injectable so the rule can be tested
+    without depending on how busy the machine is."""
     window = max(3, minimum // 2)
     times = []
     for _ in range(minimum):
-        started = time.perf_counter()
+        started = clock()
         run()
-        times.append(time.perf_counter() - started)
+        times.append(clock() - started)
     if minimum == 0 or settle_ratio <= 0:
         return minimum, None  # the user asked for a fixed warm-up
-    deadline = time.perf_counter() + cap_s
+    deadline = clock() + cap_s
     previous = sorted(times[-window:])
     while True:
         current = []
         for _ in range(window):
-            started = time.perf_counter()
+            started = clock()
             run()
-            current.append(time.perf_counter() - started)
+            current.append(clock() - started)
         times += current
         current.sort()
         before, now = middle(previous), middle(current)
         if before > 0 and abs(now - before) / before <= settle_ratio:
             return len(times), True
-        if time.perf_counter() >= deadline:
+        if clock() >= deadline:
             return len(times), False
         previous = current
 
