@@ -92,6 +92,27 @@ def test_host_int8_kernels_are_exact_and_scheduled_by_the_int8_rule(build):
     assert check["passed"] and check["max_abs_error"] < 1e-5, check
 
 
+def test_requantize_multiplies_by_the_stored_inverse_scale_and_older_models_still_build(build, quantized, tmp_path):
+    """quantize.py scales activations by a stored 1/s (a vector divide in every epilogue cost 10x a
+    multiply); a model pickled before that buffer existed divides, and still gets the int8 kernels."""
+    import copy
+
+    from edgekit.compile import compile_model
+    from edgekit.run import run_artifact
+
+    int8_kernels = _manifest(build("host"))["schedules"]["by_rule"][INT8_RULE]
+    assert not [name for name in int8_kernels if "divide" in name], int8_kernels
+    older = copy.deepcopy(quantized)
+    for layer in older.modules():
+        if hasattr(layer, "act_inv_scale"):
+            del layer.act_inv_scale  # as unpickled from before the buffer
+    artifact = compile_model(older, "host", input_shapes=[SHAPE], out_dir=tmp_path, tuning=False,
+                             tolerance={"atol": 1e-4, "rtol": 1e-4})
+    assert len(_manifest(artifact)["schedules"]["by_rule"].get(INT8_RULE, [])) == 4
+    check = run_artifact(artifact, warmup=0, repeats=1).output_check
+    assert check["passed"] and check["max_abs_error"] < 1e-5, check
+
+
 def test_schedule_picks_the_dot_product_instruction_from_the_target():
     from edgekit.compile.schedules.int8 import choose_intrinsic
     from edgekit.compile.schedules.target_info import CpuInfo

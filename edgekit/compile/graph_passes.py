@@ -171,7 +171,8 @@ def integer_quantized_ops(*, unsigned_activations: bool = False, float_depthwise
     edgekit.compress.quantize exports each int8 layer as float arithmetic that TVM would fold
     into an fp32 kernel:
 
-        xq = clip(round(x / s_x), qmin, qmax)              # activation on the int8 grid
+        xq = clip(round(x * r_x), qmin, qmax)              # activation on the int8 grid, r_x = 1 / s_x
+                                                            # (x / s_x in models quantized before r_x)
         w  = astype(W_int8, f32) * s_w                      # s_w per output channel, or a scalar
         y  = conv2d(xq, w) * s_x            (or matmul(xq, permute_dims(w)) * s_x)
 
@@ -191,7 +192,8 @@ def integer_quantized_ops(*, unsigned_activations: bool = False, float_depthwise
 
     x = wildcard()
     x_scale = is_const()
-    quantized = is_op("relax.clip")(is_op("relax.round")(is_op("relax.divide")(x, x_scale)), wildcard(), wildcard())
+    scaled = _activation_scaling(x, x_scale)
+    quantized = is_op("relax.clip")(is_op("relax.round")(scaled), wildcard(), wildcard())
     w_int = is_const()
     w_scale = is_const()
     w_scale_reshaped = is_op("relax.reshape")(w_scale, wildcard())
@@ -215,8 +217,8 @@ def integer_quantized_ops(*, unsigned_activations: bool = False, float_depthwise
         weights = _const_array(matches[w_int])
         if weights.dtype != np.int8:
             return expr
-        s_x = float(_const_array(matches[x_scale]))
-        if abs(float(_const_array(matches[out_scale])) - s_x) > 1e-12 * max(1.0, abs(s_x)):
+        s_x = float(_const_array(matches[out_scale]))
+        if not _inverse_scales(matches[scaled], float(_const_array(matches[x_scale])), s_x):
             return expr  # the output is not rescaled by the same activation scale
         s_w = _const_array(matches[w_scale]).astype(np.float64).reshape(-1)
         act = relax.op.astype(_clamp(clip.args[0], low, high), act_dtype)
@@ -275,7 +277,7 @@ def explicit_pads_into_convs():
     from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
     padded = is_op("relax.nn.pad")(wildcard())
-    scaled = is_op("relax.divide")(padded, is_const())
+    scaled = _activation_scaling(padded, is_const())
     quantized = is_op("relax.clip")(is_op("relax.round")(scaled), wildcard(), wildcard())
     conv = is_op("relax.nn.conv2d")(padded, wildcard())
 
@@ -284,8 +286,9 @@ def explicit_pads_into_convs():
         low, high = _prim_float(expr.args[1]), _prim_float(expr.args[2])
         if _spatial_zero_pad(pad) is None or low is None or high is None or not low <= 0.0 <= high:
             return expr
-        requantized = relax.op.clip(relax.op.round(relax.op.divide(pad.args[0], matches[scaled].args[1])),
-                                    expr.args[1], expr.args[2])
+        scaling = matches[scaled]
+        rescaled = relax.Call(scaling.op, [pad.args[0], scaling.args[1]], scaling.attrs)
+        requantized = relax.op.clip(relax.op.round(rescaled), expr.args[1], expr.args[2])
         return relax.op.nn.pad(requantized, [int(v) for v in pad.attrs.pad_width], "constant", 0.0)
 
     def into_conv(expr, matches):
@@ -303,6 +306,20 @@ def explicit_pads_into_convs():
 
     return _relax_function_pass("EdgekitExplicitPadsIntoConvs", lambda func: rewrite_call(
         conv, into_conv, rewrite_call(quantized, pad_after_quantize, func)))
+
+
+def _activation_scaling(x, scale):
+    """The pattern of quantize.py's activation scaling: ``x * (1 / s)``, or ``x / s`` (older models)."""
+    from tvm.relax.dpl import is_op
+
+    return is_op("relax.multiply")(x, scale) | is_op("relax.divide")(x, scale)
+
+
+def _inverse_scales(scaling, factor: float, s_x: float) -> bool:
+    """``scaling`` (x * factor, or x / factor) maps x to x / s_x, so the output's rescale by s_x undoes it."""
+    if scaling.op.name == "relax.divide":
+        return abs(factor - s_x) <= 1e-12 * max(1.0, abs(s_x))
+    return abs(factor * s_x - 1.0) <= 1e-6  # 1 / s_x rounded to float32
 
 
 def _spatial_zero_pad(pad) -> tuple[int, int, int, int] | None:

@@ -3,9 +3,9 @@ symmetric scales, activation scales calibrated on real data (min-max or percenti
 
 Each Conv2d/Linear becomes a :class:`QuantConv2d`/:class:`QuantLinear` that stores its
 weights as int8 plus float scales and computes, in plain torch ops that torch.export and
-TVM 0.27's Relax torch frontend both handle (div, round, clamp, to, mul, conv2d/linear):
+TVM 0.27's Relax torch frontend both handle (mul, round, clamp, to, conv2d/linear):
 
-    x_q = clamp(round(x / s_x), qmin, qmax)          # the activation on the int8 grid
+    x_q = clamp(round(x * (1 / s_x)), qmin, qmax)    # the activation on the int8 grid (1/s_x stored)
     w   = w_int8.float() * s_w[c]                    # per output channel c
     y   = conv(x_q, w) * s_x + b
 
