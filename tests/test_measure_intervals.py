@@ -5,6 +5,7 @@ beyond the noise."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -128,8 +129,10 @@ def test_warm_up_continues_until_two_windows_agree():
     assert settled is True and runs == 13  # windows of 3: medians 3.9, 1.6, 1.13, 1.03 ms
     assert runner.warm_up(run, 4, 0.0, 2.0, clock=clock) == (4, None)  # settling off: exactly the minimum
 
+    alternating = itertools.cycle([1e-3, 3e-3])  # windows of 3 have medians 1, 3, 1, ... ms: never agree
+
     def never_settles():
-        now[0] += 1e-3 if (now[0] * 1e3) % 2 < 1 else 3e-3  # alternates 1 and 3 ms: windows never agree
+        now[0] += next(alternating)
 
     runs, settled = runner.warm_up(never_settles, 4, 0.01, 0.05, clock=clock)
     assert settled is False and runs < 60  # the cap ends it

@@ -338,7 +338,7 @@ def _clamp(expr, low: int, high: int):
     import_tvm()
     from tvm import relax
 
-    # The quantized activations are float32: quantize.py exports round(x / s) in float.
+    # The quantized activations are float32: quantize.py exports round(x * (1 / s)) in float.
     return relax.op.minimum(relax.op.maximum(expr, relax.const(float(low), "float32")),
                             relax.const(float(high), "float32"))
 
