@@ -32,7 +32,8 @@ DEFAULT_OUT_DIR = Path("edgekit-artifacts")
 # 11: fp32 conv weights blocked by register tile ([O/block][KH][KW][I][block]), packed at compile time; softmax
 # rows off the vector grid padded with -inf; depthwise convs read their input in place (padding inlined); x86 int8
 # depthwise convs sum in float32; elementwise ops between a reshape pair applied in place (GELU fuses into its matmul)
-PIPELINE_VERSION = 11
+# 12: 3x3 stride-1 fp32 convs as Winograd F(4x4)/F(2x2) on x86 (edgekit.compile.winograd)
+PIPELINE_VERSION = 12
 
 __all__ = ["compile_model", "DEFAULT_OUT_DIR"]
 

@@ -98,6 +98,7 @@ def optimize_graph(mod, target):
     from edgekit.compile.graph_passes import (elementwise_out_of_reshape_pairs, explicit_pads_into_convs,
                                               integer_quantized_ops, layout_passes, softmax_rows_on_the_vector_grid)
     from edgekit.compile.schedules import cpu_info
+    from edgekit.compile.winograd import winograd_convs
 
     cpu = cpu_info(target) if target.kind.name == "llvm" else None
     # Integer kernels first (CPU only): FoldConstant would turn the int8 weights into float constants.
@@ -108,6 +109,9 @@ def optimize_graph(mod, target):
               *layout_passes(target)]
     if cpu:
         passes += [softmax_rows_on_the_vector_grid(cpu.f32_lanes), elementwise_out_of_reshape_pairs()]
+        if cpu.arch == "x86_64":
+            # Measured on x86 only (tools/bench_winograd.py); ARM keeps direct convs until a board says otherwise.
+            passes += [winograd_convs(), relax.transform.CanonicalizeBindings()]
     try:
         return tvm.transform.Sequential(passes)(mod)
     except EdgekitError:

@@ -24,11 +24,11 @@ class ScheduleLog:
 
 def schedule_rules(target) -> list:
     """The rules for ``target``, in the order they are tried."""
-    from edgekit.compile.schedules import conv, depthwise, elementwise, int8, matmul, reduction
+    from edgekit.compile.schedules import conv, depthwise, elementwise, int8, matmul, reduction, winograd
     from edgekit.compile.schedules.target_info import cpu_info
 
     cpu = cpu_info(target)
-    return [*int8.rules(cpu), *depthwise.rules(cpu), *conv.rules(cpu), *matmul.rules(cpu), *reduction.rules(cpu),
+    return [*winograd.rules(cpu), *int8.rules(cpu), *depthwise.rules(cpu), *conv.rules(cpu), *matmul.rules(cpu), *reduction.rules(cpu),
             *elementwise.rules(cpu)]
 
 
