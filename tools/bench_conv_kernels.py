@@ -96,7 +96,7 @@ def _scheduled_kernel(model, x, with_schedules=True):
     target = build.resolve_tvm_target(load_target("host"))
     mod = from_exported_program(torch.export.export(model, (x,)), keep_params_as_input=False,
                                 unwrap_unit_return_tuple=True)
-    mod = build.optimize_graph(mod, target)
+    mod = build.optimize_graph(mod, target, winograd=False)  # the direct conv rule (Winograd: bench_winograd.py)
     log = ScheduleLog()
     with target:
         passes = list(build.lowering_passes(target))

@@ -89,8 +89,11 @@ def check_toolchain(profile: TargetProfile) -> None:
                                       "TVM is first imported)")
 
 
-def optimize_graph(mod, target):
-    """Target-independent graph passes, then TVM's default pipeline for the target."""
+def optimize_graph(mod, target, *, winograd: bool = True):
+    """Target-independent graph passes, then TVM's default pipeline for the target.
+
+    ``winograd=False`` keeps every conv direct (tools/bench_winograd.py compares the two).
+    """
     tvm = import_tvm()
     from tvm import relax
 
@@ -109,7 +112,7 @@ def optimize_graph(mod, target):
               *layout_passes(target)]
     if cpu:
         passes += [softmax_rows_on_the_vector_grid(cpu.f32_lanes), elementwise_out_of_reshape_pairs()]
-        if cpu.arch == "x86_64":
+        if winograd and cpu.arch == "x86_64":
             # Measured on x86 only (tools/bench_winograd.py); ARM keeps direct convs until a board says otherwise.
             passes += [winograd_convs(), relax.transform.CanonicalizeBindings()]
     try:

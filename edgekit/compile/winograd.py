@@ -133,8 +133,8 @@ def match_winograd_conv(call, min_channels: int = MIN_CHANNELS) -> WinogradConv 
     shape = _static_shape(data)
     if shape is None or len(shape) != 4 or str(data.ty.dtype) != "float32":
         return None
-    if str(weight_value.dtype) != "float32" or str(attrs.out_dtype) not in ("", "float32", "void"):
-        return None
+    if str(weight_value.dtype) != "float32" or str(attrs.out_dtype) not in ("float32", "", "void", "None"):
+        return None  # (an unset out_dtype prints as one of the last three, by how the call was made)
     kh, kw, c, k = (int(v) for v in weight_value.shape)
     if (kh, kw) != (3, 3) or c != shape[3] or min(c, k) < min_channels:
         return None

@@ -111,6 +111,15 @@ def largest_divisor(n: int, limit: int) -> int:
     return v
 
 
+def vector_lanes(n: int, limit: int) -> int:
+    """Lanes for a vector over ``n`` channels with no tail: the largest power of two dividing n, or where that
+    is under 4 (a pruned width such as 45), the widest vector that divides n (45 = 3 x 15 lanes)."""
+    lanes = largest_divisor(n, limit)
+    if lanes < 4:
+        lanes = max(d for d in range(1, limit + 1) if n % d == 0)
+    return lanes
+
+
 def first_divisor(n: int, candidates) -> int:
     for c in candidates:
         if c >= 1 and n % c == 0:

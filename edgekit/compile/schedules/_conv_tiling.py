@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from edgekit.compile.schedules._common import (PARALLEL_MIN_MACS, BlockFacts, block_facts, debug_schedules,
                                                inline_into_last, largest_divisor, pack_at_compile_time,
-                                               register_budget, schedule_elementwise_nest)
+                                               register_budget, schedule_elementwise_nest, vector_lanes)
 from edgekit.compile.tvm_env import import_tvm
 
 
@@ -117,11 +117,7 @@ class Tile:
 
 def channel_lanes(kernel: ConvKernel, cpu, *, depthwise: bool) -> int:
     """Vector lanes over output channels: see choose_tile."""
-    oc_group = kernel.out_channels // (1 if depthwise else kernel.groups)
-    lanes = largest_divisor(oc_group, cpu.f32_lanes)
-    if lanes < 4:
-        lanes = max(d for d in range(1, cpu.f32_lanes + 1) if oc_group % d == 0)
-    return lanes
+    return vector_lanes(kernel.out_channels // (1 if depthwise else kernel.groups), cpu.f32_lanes)
 
 
 def valid_tiles(kernel: ConvKernel, cpu, *, depthwise: bool) -> list[Tile]:

@@ -15,7 +15,7 @@ compile ~2 s per conv.
 
 from __future__ import annotations
 
-from edgekit.compile.schedules._common import PARALLEL_MIN_ELEMENTS, debug_schedules, largest_divisor
+from edgekit.compile.schedules._common import PARALLEL_MIN_ELEMENTS, debug_schedules, vector_lanes
 from edgekit.compile.tvm_env import import_tvm
 
 
@@ -37,13 +37,13 @@ def schedule_input_transform(func, cpu):
             sch.compute_inline(other)  # a fused producer (the previous layer's activation): read through
     e, p, c = sch.get_loops(block)
     alpha = int(sch.get(rows).iter_vars[0].dom.extent)
-    lanes = largest_divisor(int(sch.get(c).extent), cpu.f32_lanes)
+    lanes = vector_lanes(int(sch.get(c).extent), cpu.f32_lanes)
     c_outer, c_lane = sch.split(c, [None, lanes])
     row, column = sch.split(e, [alpha, alpha])
     sch.reorder(p, c_outer, row, column, c_lane)
     _tile_stage_at(sch, rows, c_outer)
     sch.unroll(column)  # the Select is over the column: one case per copy
-    sch.vectorize(c_lane)
+    _vectorize(sch, c_lane)
     _parallel_if_large(sch, p, block, cpu)
     return sch
 
@@ -60,14 +60,14 @@ def schedule_output_transform(func, cpu):
     for name in names[names.index("winograd_output") + 1:]:
         sch.reverse_compute_inline(blocks[name])  # the epilogue: applied before the store
     n, y, x, k = sch.get_loops(block)
-    lanes = largest_divisor(int(sch.get(k).extent), cpu.f32_lanes)
+    lanes = vector_lanes(int(sch.get(k).extent), cpu.f32_lanes)
     tile_y, r = sch.split(y, [None, m])
     tile_x, s = sch.split(x, [None, m])
     k_outer, k_lane = sch.split(k, [None, lanes])
     sch.reorder(n, tile_y, tile_x, k_outer, r, s, k_lane)
     _tile_stage_at(sch, rows, k_outer)
     sch.unroll(s)  # the Select is over the output column: one case per copy
-    sch.vectorize(k_lane)
+    _vectorize(sch, k_lane)
     _parallel_if_large(sch, sch.fuse(n, tile_y), block, cpu)
     return sch
 
@@ -79,10 +79,16 @@ def _tile_stage_at(sch, stage, loop) -> None:
     sch.compute_at(stage, loop)
     loops = sch.get_loops(stage)
     own = loops[[sch.get(x).same_as(sch.get(loop)) for x in loops].index(True) + 1:]  # inside ``loop``
-    row, column, *rest = own  # (row, column[, tile], lane): compute_at drops a unit tile loop
+    row, column, *rest = own  # (row, column[, tile][, lane]): compute_at drops unit loops
     sch.reorder(column, row)
     sch.unroll(row)
-    sch.vectorize(rest[-1])
+    if rest:
+        _vectorize(sch, rest[-1])
+
+
+def _vectorize(sch, loop) -> None:
+    if int(sch.get(loop).extent) > 1:  # a channel count with no divisor up to the vector width (17): scalar
+        sch.vectorize(loop)
 
 
 def _parallel_if_large(sch, loop, block, cpu) -> None:
