@@ -10,14 +10,18 @@ from an (m+2) x (m+2) input tile with (m+2)^2 multiplies per channel pair instea
     M = V @ U     (m+2)^2 independent GEMMs [tiles x C] @ [C x K]    (edgekit's matmul rule)
     Y = A^T M A   per tile and output channel       (output transform, fused with the conv's epilogue)
 
-The rewrite happens in the graph, after the NHWC layout pass: the conv becomes two TE kernels and
-a relax batch matmul, which the default schedule rules (edgekit.compile.schedules.winograd,
-.matmul) and tuning (the matmul's register tile is a knob) handle like any other kernel.
+The rewrite happens in the graph, after the NHWC layout pass: the conv becomes three TE kernels
+(transforms and a batched GEMM), which the default schedule rules (edgekit.compile.schedules.winograd,
+.matmul) and tuning (the GEMM's register tile is a knob) handle like any other kernel.  The output
+transform is fused like a conv: the conv's bias, activation and residual add become its epilogue.
 
-F(4x4, 3x3) where the output's height and width are multiples of 4, F(2x2, 3x3) where they are even;
-other sizes (7x7 maps) stay direct.  The matrices are Lavin's, interpolation points 0, +-1, +-2 and
-infinity for F(4x4): exact in binary except the 1/6 and 1/24 of G, which are applied in float64 at
-compile time.  fp32 error stays ~1e-6 of the output's scale (tests/test_winograd.py).
+Which m, if any: a cost model (``tile_size``) in MAC-equivalents, counting the transformed weights,
+(m+2)^2/9 times larger than the conv's, as streamed from DRAM: F(4x4) on ResNet-18's 56x56 and 28x28
+stages, F(2x2) at 14x14, and its 7x7x512 convs stay direct (their weights already dominate).  A map
+m does not divide is padded to whole tiles.  The matrices are Lavin's, interpolation points 0, +-1,
++-2 and infinity for F(4x4); G's 1/6 and 1/24 are applied in float64 at compile time.  fp32 error is
+~1e-6 of the output's scale (tests/test_winograd.py, tools/bench_winograd.py).  x86 only for now
+(edgekit.compile.build.optimize_graph): the ARM profiles keep direct convs until measured on a board.
 """
 
 from __future__ import annotations
@@ -41,12 +45,14 @@ MATRICES = {
                  dtype=np.float64)),
 }
 
-# Below this many input or output channels the transforms' vectors are too narrow to pay
-# (measured: 8 -> 8 channels at 56x56 still ran 1.4x faster than direct, 16 -> 16 2.0x).
-MIN_CHANNELS = 8
+# Below this many input or output channels the batched GEMM is too narrow for a full register tile and
+# the layer too small to matter (8 -> 8 channels at 56x56 did run 1.4x faster, 0.12 -> 0.08 ms, but such
+# layers are rare outside stems, which have 3): they keep the direct conv and its tuning knobs.
+MIN_CHANNELS = 16
 
 # The names the kernels carry, so the schedule rules know them (and reports name them).
 INPUT_TRANSFORM = "winograd_input_transform"
+GEMM = "winograd_gemm"  # its own name, not "matmul": the cost card counts a model's matmuls by name
 OUTPUT_TRANSFORM = "winograd_output_transform"
 OUT_ELEMWISE_FUSABLE = 4  # relax's OpPatternKind.kOutEWiseFusable
 
@@ -210,6 +216,16 @@ def input_transform(data, conv: WinogradConv):
         name="winograd_input")
 
 
+def batched_gemm(tiles, weight):
+    """M[e, p, k] = sum_c V[e, p, c] U[e, c, k]: the (m+2)^2 independent GEMMs (edgekit's matmul rule)."""
+    from tvm import te
+
+    channels = te.reduce_axis((0, int(tiles.shape[2])), name="c")
+    return te.compute((tiles.shape[0], tiles.shape[1], weight.shape[2]),
+                      lambda e, p, k: te.sum(tiles[e, p, channels] * weight[e, channels, k], axis=channels),
+                      name="winograd_gemm")
+
+
 def output_transform(product, conv: WinogradConv):
     """Y[n, y, x, k] = (A^T M_p A)[y % m, x % m]: M_p the (m+2)^2 products of the tile p holding (y, x).
 
@@ -234,7 +250,7 @@ def output_transform(product, conv: WinogradConv):
 
 
 def winograd_convs(min_channels: int = MIN_CHANNELS):
-    """A module pass: every conv2d ``match_winograd_conv`` takes becomes input transform, batch matmul,
+    """A module pass: every conv2d ``match_winograd_conv`` takes becomes input transform, batched GEMM,
     output transform.  Run it after the NHWC layout pass (it needs HWIO constant weights)."""
     tvm = import_tvm()
     from tvm import relax
@@ -250,7 +266,7 @@ def winograd_convs(min_channels: int = MIN_CHANNELS):
             weight = relax.const(transformed_weight(call.args[1].value.numpy(), conv.m))
             tiles = self.builder_.emit_te(lambda d: input_transform(d, conv), call.args[0],
                                           primfunc_name_hint=INPUT_TRANSFORM)
-            product = self.builder_.emit(relax.op.matmul(tiles, weight))
+            product = self.builder_.emit_te(batched_gemm, tiles, weight, primfunc_name_hint=GEMM)
             # Fused like a conv (kOutEWiseFusable): the conv's bias, activation and residual add
             # become its epilogue, rather than separate kernels or producers fused into the next layer.
             return self.builder_.emit_te(lambda mm: output_transform(mm, conv), product,

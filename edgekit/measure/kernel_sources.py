@@ -34,8 +34,11 @@ TIR_FAMILIES = {
     "conv2d": "conv", "conv1d": "conv", "conv3d": "conv", "conv2d_transpose": "conv", "conv1d_transpose": "conv",
     "group_conv2d": "conv", "matmul": "matmul", "dense": "matmul", "batch_matmul": "matmul",
     "max_pool2d": "max_pool", "avg_pool2d": "avg_pool", "adaptive_avg_pool2d": "mean", "mean": "mean",
-    "softmax": "softmax", "layer_norm": "layer_norm",
+    "softmax": "softmax", "layer_norm": "layer_norm", "winograd_gemm": "conv",
 }
+# A Winograd conv (edgekit.compile.winograd) is three PrimFuncs in a row: input transform, GEMM (the conv's
+# family member, above), output transform.  The transforms take the anchor of the GEMM they surround.
+WINOGRAD_INPUT, WINOGRAD_OUTPUT = "winograd_input_transform", "winograd_output_transform"
 # Elementwise FX ops a conv or matmul's epilogue is made of (BatchNorm folds into the conv): their modules are
 # named beside the anchor's, as fusion puts them in its kernel.
 EPILOGUE_FX_OPS = {"_native_batch_norm_legit_no_training", "batch_norm", "relu", "relu_", "relu6", "hardtanh",
@@ -147,13 +150,28 @@ def _link(anchors, before, after) -> dict[str, KernelSource]:
     # Before fusion: each call of PrimFunc P -> its ordinal among its family's calls -> an FX anchor.
     family_seen: dict[str, int] = {}
     calls_of: dict[str, list[tuple[str, int]]] = {}  # P -> [(family, ordinal)] in order
+    pending_inputs: list[str] = []  # Winograd input transforms waiting for their GEMM
+    last_conv: tuple[str, int] | None = None
     for callee in _call_tir_callees(before["main"]):
-        family = TIR_FAMILIES.get(op_name(callee))
+        op = op_name(callee)
+        if op == WINOGRAD_INPUT:
+            pending_inputs.append(callee)
+            continue
+        if op == WINOGRAD_OUTPUT:
+            if last_conv is not None:
+                calls_of.setdefault(callee, []).append(last_conv)
+            continue
+        family = TIR_FAMILIES.get(op)
         if family is None:
             continue
         ordinal = family_seen.get(family, 0)
         family_seen[family] = ordinal + 1
         calls_of.setdefault(callee, []).append((family, ordinal))
+        if op == "winograd_gemm":
+            last_conv = (family, ordinal)
+            for transform in pending_inputs:
+                calls_of.setdefault(transform, []).append(last_conv)
+            pending_inputs = []
     # A family whose counts disagree (an op the frontend split or merged) is not matched by order at all.
     trusted = {f for f, n in family_seen.items() if len(anchors.get(f, [])) == n}
 

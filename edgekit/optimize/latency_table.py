@@ -157,15 +157,25 @@ def probe_kernel_sources(probe, artifact) -> dict:
 
 
 def kernels_by_module(kernels: list[dict], sources: dict) -> dict[str, dict]:
-    """The probe's timed kernels by the one conv module each was fused from (``convs.3``), from the cost card's
+    """The probe's timed kernels by the conv module they were fused from (``convs.3``), from the cost card's
     kernel-to-module mapping (``probe_kernel_sources``), so the table and ``edgekit profile`` agree on which
-    kernel is which layer.  Empty where the mapping cannot be traced; the caller then matches by shapes."""
-    found = {}
+    kernel is which layer.  Empty where the mapping cannot be traced; the caller then matches by shapes.
+
+    A conv that runs as several kernels (a Winograd conv: input transform, GEMM, output transform) gets their
+    sum; a kernel two convs share (the input transform of two convs reading one shape) counts once for each.
+    """
+    parts: dict[str, list[dict]] = {}
     for k in kernels:
-        modules = [m for m in getattr(sources.get(k["name"]), "modules", []) if m.startswith("convs.")]
-        if len(modules) == 1:  # a kernel fused from one probe conv (each conv has its own input or output)
-            found.setdefault(modules[0], k)
-    return found
+        for module in dict.fromkeys(m for m in getattr(sources.get(k["name"]), "modules", []) if m.startswith("convs.")):
+            parts.setdefault(module, []).append(k)
+    return {module: ks[0] if len(ks) == 1 else _summed(ks) for module, ks in parts.items()}
+
+
+def _summed(kernels: list[dict]) -> dict:
+    """One layer's kernels as one entry: per-call medians and samples added (samples pair up by index)."""
+    samples = [sum(values) for values in zip(*(sorted(k["samples_ms"]) for k in kernels))]
+    return {"name": "+".join(k["name"] for k in kernels), "median_ms": sum(k["median_ms"] for k in kernels),
+            "samples_ms": samples, "calls": 1}
 
 
 def _kernel_key(data_shape, weight_shape, out_shape) -> str:

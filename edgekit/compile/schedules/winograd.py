@@ -57,8 +57,15 @@ def schedule_output_transform(func, cpu):
     block, rows = blocks["winograd_output"], blocks["winograd_output_rows"]
     m = int(sch.get(rows).iter_vars[0].dom.extent)
     names = list(blocks)
-    for name in names[names.index("winograd_output") + 1:]:
-        sch.reverse_compute_inline(blocks[name])  # the epilogue: applied before the store
+    epilogue = [blocks[name] for name in names[names.index("winograd_output") + 1:]]
+    for step in epilogue[:-1]:
+        sch.compute_inline(step)  # into the last: SiLU reads its input twice, so it cannot go first
+    consumer = None
+    if epilogue:
+        try:
+            sch.reverse_compute_inline(epilogue[-1])  # applied before the store
+        except Exception:  # noqa: BLE001  (TVM refuses some: the epilogue then runs per tile, from L1)
+            consumer = epilogue[-1]
     n, y, x, k = sch.get_loops(block)
     lanes = vector_lanes(int(sch.get(k).extent), cpu.f32_lanes)
     tile_y, r = sch.split(y, [None, m])
@@ -68,6 +75,10 @@ def schedule_output_transform(func, cpu):
     _tile_stage_at(sch, rows, k_outer)
     sch.unroll(s)  # the Select is over the output column: one case per copy
     _vectorize(sch, k_lane)
+    if consumer is not None:
+        sch.reverse_compute_at(consumer, k_outer)
+        *_, lane_loop = sch.get_loops(consumer)
+        _vectorize(sch, lane_loop)
     _parallel_if_large(sch, sch.fuse(n, tile_y), block, cpu)
     return sch
 
