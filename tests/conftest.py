@@ -95,7 +95,8 @@ def host_artifact(artifacts_dir):
 @pytest.fixture(scope="session")
 def two_conv_artifact(artifacts_dir):
     """Two 32-channel 3x3 convolutions at 32x32 without BatchNorm, for this machine: hundreds of times the
-    tiny CNN's work (a heavy model to tell apart), and constants that are exactly its weights and biases."""
+    tiny CNN's work (a heavy model to tell apart), and constants that are exactly its weights and biases
+    (the second conv's Winograd-transformed on x86, edgekit.compile.winograd)."""
     import torch
 
     from edgekit.compile import compile_model

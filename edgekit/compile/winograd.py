@@ -96,28 +96,28 @@ WEIGHT_BYTE_MACS = 4.0
 TRANSFORM_BYTE_MACS = 1.0
 
 
-def direct_cost(out_h: int, out_w: int, c: int, k: int) -> float:
+def direct_cost(out_h: int, out_w: int, c: int, k: int, n: int = 1) -> float:
     """The direct conv's cost in MAC-equivalents: its 9 MACs per output overlap the weight stream."""
-    return max(out_h * out_w * 9 * c * k, WEIGHT_BYTE_MACS * 9 * c * k * 4)
+    return max(n * out_h * out_w * 9 * c * k, WEIGHT_BYTE_MACS * 9 * c * k * 4)
 
 
-def winograd_cost(out_h: int, out_w: int, c: int, k: int, m: int) -> float:
+def winograd_cost(out_h: int, out_w: int, c: int, k: int, m: int, n: int = 1) -> float:
     """F(m x m)'s cost: the GEMMs' MACs, plus its (m+2)^2 / 9 times larger weights, which a batch of few
     tiles reuses too little to hide (ResNet-18's 7x7x512 convs ran 0.7-0.9x direct), plus V and M."""
     alpha2 = (m + 2) ** 2
-    tiles = -(-out_h // m) * -(-out_w // m)
+    tiles = n * -(-out_h // m) * -(-out_w // m)  # a batch reuses the weights n times more
     return (tiles * alpha2 * c * k + WEIGHT_BYTE_MACS * alpha2 * c * k * 4
             + TRANSFORM_BYTE_MACS * 2 * 4 * alpha2 * tiles * (c + k))
 
 
-def tile_size(out_h: int, out_w: int, c: int, k: int) -> int | None:
+def tile_size(out_h: int, out_w: int, c: int, k: int, n: int = 1) -> int | None:
     """The cheapest m by the cost model, or None where the direct conv is cheaper.  A map that m does not
     divide is padded to whole tiles (7x7 as 8x8)."""
-    costs = {m: winograd_cost(out_h, out_w, c, k, m) for m in sorted(MATRICES) if min(out_h, out_w) >= m}
+    costs = {m: winograd_cost(out_h, out_w, c, k, m, n) for m in sorted(MATRICES) if min(out_h, out_w) >= m}
     if not costs:
         return None
     best = min(costs, key=costs.get)
-    return best if costs[best] < direct_cost(out_h, out_w, c, k) else None
+    return best if costs[best] < direct_cost(out_h, out_w, c, k, n) else None
 
 
 def match_winograd_conv(call, min_channels: int = MIN_CHANNELS) -> WinogradConv | None:
@@ -147,7 +147,7 @@ def match_winograd_conv(call, min_channels: int = MIN_CHANNELS) -> WinogradConv 
     top, left, bottom, right = (int(v) for v in attrs.padding)
     n, h, w, _ = shape
     out_h, out_w = h + top + bottom - 2, w + left + right - 2
-    m = tile_size(out_h, out_w, c, k)
+    m = tile_size(out_h, out_w, c, k, n)
     if m is None:
         return None
     return WinogradConv(n, h, w, c, k, top, left, out_h, out_w, m)

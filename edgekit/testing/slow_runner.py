@@ -33,7 +33,7 @@ def slow_specs():
         specs = json.loads(os.environ.get(SLOW_ENV, "[]"))
     except json.JSONDecodeError:
         return []
-    return [(_dims(s["weight_shape"]), _dims(s["out_shape"]) if s.get("out_shape") else None,
+    return [(_dims(s["weight_shape"]), [int(d) for d in s["out_shape"]] if s.get("out_shape") else None,
              float(s["sleep_ms"]) / 1000.0) for s in specs]
 
 
@@ -48,15 +48,37 @@ def sleep_for(args, specs):
         return 0.0
     weight = _dims(args[1].shape)
     out = _dims(args[-1].shape) if hasattr(args[-1], "shape") else None
-    return sum(s for w, o, s in specs if _same_weight(w, weight) and (o is None or o == out))
+    return sum(s for w, o, s in specs if _same_weight(w, weight) and (o is None or _same_output(o, weight, out)))
+
+
+def _same_output(spec_out, weight, out) -> bool:
+    """The spec's output [N, O, OH, OW] in any layout, or a Winograd GEMM's [(m+2)^2, tiles, O] for it."""
+    if _dims(spec_out) == out:
+        return True
+    if len(weight) != 3 or len(spec_out) != 4:
+        return False
+    n, channels, height, width = spec_out
+    for alpha2, m in ((16, 2), (36, 4)):
+        tiles = n * -(-height // m) * -(-width // m)
+        if alpha2 in weight and _dims([alpha2, tiles, channels]) == out:
+            return True
+    return False
 
 
 def _same_weight(spec, weight) -> bool:
     """The spec's [O, I, KH, KW] in any layout, or packed at compile time by output-channel tile (5-D,
-    [O/t, KH, KW, I, t]: the same elements, the tile's split of O in other dims)."""
+    [O/t, KH, KW, I, t]: the same elements, the tile's split of O in other dims), or, for a 3x3 conv built
+    as Winograd F(4x4) or F(2x2) (edgekit.compile.winograd), its GEMM's transformed weight [36 or 16, I, O]."""
     if spec == weight:
         return True
-    return len(weight) == 5 and len(spec) == 4 and math.prod(spec) == math.prod(weight)
+    if len(weight) == 5 and len(spec) == 4 and math.prod(spec) == math.prod(weight):
+        return True
+    if len(weight) != 3 or len(spec) != 4 or list(spec).count(3) < 2:
+        return False
+    channels = list(spec)
+    channels.remove(3)
+    channels.remove(3)
+    return any(sorted([alpha2, *channels]) == list(weight) for alpha2 in (16, 36))
 
 
 class _Result:

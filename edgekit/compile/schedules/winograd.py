@@ -1,7 +1,7 @@
 """Schedules for the Winograd transform kernels (edgekit.compile.winograd writes them).
 
-Both transforms are all adds over one tile, the same for every channel, so channels are the
-vector lanes and the tile's (m+2)^2 element loop is unrolled:
+Both transforms are adds (and a few small constant multiplies) over one tile, the same for every
+channel, so channels are the vector lanes:
 
 - each transform is two separable stages (rows, then columns), computed per tile and channel
   vector; the first stage's (m+2) x (m+2) vectors stay in registers or L1;
