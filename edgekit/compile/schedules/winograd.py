@@ -25,13 +25,22 @@ def _blocks_by_name(sch):
     return {sch.get(b).name_hint: b for b in util.root_blocks(sch)}
 
 
-def schedule_input_transform(func, cpu):
+def _two_stages(func, name):
+    """(schedule, its blocks by name, the transform's second stage, its first: the rows), or None when
+    ``func`` holds no such transform."""
     tvm = import_tvm()
     sch = tvm.s_tir.Schedule(func)
     blocks = _blocks_by_name(sch)
-    if "winograd_input" not in blocks or "winograd_input_rows" not in blocks:
+    if name not in blocks or f"{name}_rows" not in blocks:
         return None
-    block, rows = blocks["winograd_input"], blocks["winograd_input_rows"]
+    return sch, blocks, blocks[name], blocks[f"{name}_rows"]
+
+
+def schedule_input_transform(func, cpu):
+    stages = _two_stages(func, "winograd_input")
+    if stages is None:
+        return None
+    sch, blocks, block, rows = stages
     for name, other in blocks.items():
         if name not in ("winograd_input", "winograd_input_rows"):
             sch.compute_inline(other)  # a fused producer (the previous layer's activation): read through
@@ -49,12 +58,10 @@ def schedule_input_transform(func, cpu):
 
 
 def schedule_output_transform(func, cpu):
-    tvm = import_tvm()
-    sch = tvm.s_tir.Schedule(func)
-    blocks = _blocks_by_name(sch)
-    if "winograd_output" not in blocks or "winograd_output_rows" not in blocks:
+    stages = _two_stages(func, "winograd_output")
+    if stages is None:
         return None
-    block, rows = blocks["winograd_output"], blocks["winograd_output_rows"]
+    sch, blocks, block, rows = stages
     m = int(sch.get(rows).iter_vars[0].dom.extent)
     names = list(blocks)
     epilogue = [blocks[name] for name in names[names.index("winograd_output") + 1:]]
