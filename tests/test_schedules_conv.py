@@ -12,13 +12,12 @@ import json
 import re
 import subprocess
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from edgekit.compile import compile_model
-from edgekit.run import run_artifact
+from edgekit.testing.host_check import build_matches_torch
 
 CPU_PROFILES = ("host", "rpi4", "rpi5", "rpi3-armv7")
 
@@ -89,16 +88,7 @@ def _conv_kernels(schedules: dict) -> dict[str, str]:
 
 def _check_against_torch(model, shape, tmp_path):
     """Build for the host and run: the artifact's reference output is torch's (compile_model computes it)."""
-    artifact = compile_model(model, "host", input_shapes=[shape], out_dir=tmp_path)
-    report = run_artifact(artifact, warmup=0, repeats=1)
-    reference = np.load(artifact.path / "reference.npz")
-    with torch.no_grad():
-        expected = model(torch.from_numpy(reference["in0"])).numpy()
-    np.testing.assert_allclose(reference["out0"], expected, atol=1e-6 * (np.abs(expected).max() + 1))
-    scale = float(np.abs(expected).max()) or 1.0
-    assert report.output_check["passed"]
-    assert report.output_check["max_abs_error"] <= 1e-4 * scale
-    return artifact
+    return build_matches_torch(model, shape, tmp_path)
 
 
 def test_conv2d_variants_match_torch_and_are_scheduled_by_the_conv_rules(tmp_path):

@@ -15,9 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from edgekit.compile import compile_model
 from edgekit.compile.winograd import MATRICES, match_winograd_conv, tile_size, transformed_weight
-from edgekit.run import run_artifact
+from edgekit.testing.host_check import build_matches_torch
 
 
 @pytest.mark.parametrize("m", sorted(MATRICES))
@@ -124,19 +123,10 @@ def _resnet_blocks():
     return model.eval()
 
 
-def _build_and_check(model, shape, out_dir):
-    artifact = compile_model(model, "host", input_shapes=[shape], out_dir=out_dir)
-    report = run_artifact(artifact, warmup=0, repeats=1)
-    reference = np.load(artifact.path / "reference.npz")
-    with torch.no_grad():
-        expected = model(torch.from_numpy(reference["in0"])).numpy()
-    scale = float(np.abs(expected).max())
-    assert report.output_check["passed"] and report.output_check["max_abs_error"] <= 1e-4 * scale
-    return artifact
 
 
 def test_a_batch_of_two_builds_as_winograd_and_matches_torch(tmp_path):
-    artifact = _build_and_check(_resnet_blocks(), (2, 3, 15, 15), tmp_path)
+    artifact = build_matches_torch(_resnet_blocks(), (2, 3, 15, 15), tmp_path)
     schedules = artifact.manifest["schedules"]
     assert len(schedules["by_rule"]["WinogradTransform"]) == 4, schedules
     # (the 3-channel stem conv at batch 2 is outside the direct conv rule: named unscheduled, as before)
@@ -145,7 +135,7 @@ def test_a_batch_of_two_builds_as_winograd_and_matches_torch(tmp_path):
 
 def test_resnet_blocks_build_as_winograd_on_the_host_and_match_torch(tmp_path):
     # 15x15: F(4x4) tiles cover 16x16, the last row and column padded
-    artifact = _build_and_check(_resnet_blocks(), (1, 3, 15, 15), tmp_path)
+    artifact = build_matches_torch(_resnet_blocks(), (1, 3, 15, 15), tmp_path)
     schedules = artifact.manifest["schedules"]
     assert not schedules["unscheduled"], schedules
     transforms = schedules["by_rule"]["WinogradTransform"]

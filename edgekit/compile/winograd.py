@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgekit.compile.graph_passes import _static_shape
 from edgekit.compile.tvm_env import import_tvm
 
 # (B^T, G, A^T) of F(m x m, 3 x 3), by m.
@@ -120,7 +121,7 @@ def tile_size(out_h: int, out_w: int, c: int, k: int, n: int = 1) -> int | None:
     return best if costs[best] < direct_cost(out_h, out_w, c, k, n) else None
 
 
-def match_winograd_conv(call, min_channels: int = MIN_CHANNELS) -> WinogradConv | None:
+def match_winograd_conv(call) -> WinogradConv | None:
     """The conv ``call`` describes, when the Winograd rewrite applies to it; else None."""
     tvm = import_tvm()
     from tvm import relax
@@ -142,7 +143,7 @@ def match_winograd_conv(call, min_channels: int = MIN_CHANNELS) -> WinogradConv 
     if str(weight_value.dtype) != "float32" or str(attrs.out_dtype) not in ("float32", "", "void", "None"):
         return None  # (an unset out_dtype prints as one of the last three, by how the call was made)
     kh, kw, c, k = (int(v) for v in weight_value.shape)
-    if (kh, kw) != (3, 3) or c != shape[3] or min(c, k) < min_channels:
+    if (kh, kw) != (3, 3) or c != shape[3] or min(c, k) < MIN_CHANNELS:
         return None
     top, left, bottom, right = (int(v) for v in attrs.padding)
     n, h, w, _ = shape
@@ -249,7 +250,7 @@ def output_transform(product, conv: WinogradConv):
     return te.compute((conv.n, conv.out_h, conv.out_w, conv.k), compute, name="winograd_output")
 
 
-def winograd_convs(min_channels: int = MIN_CHANNELS):
+def winograd_convs():
     """A module pass: every conv2d ``match_winograd_conv`` takes becomes input transform, batched GEMM,
     output transform.  Run it after the NHWC layout pass (it needs HWIO constant weights)."""
     tvm = import_tvm()
@@ -260,7 +261,7 @@ def winograd_convs(min_channels: int = MIN_CHANNELS):
     class _Rewriter(PyExprMutator):
         def visit_call_(self, call):
             call = super().visit_call_(call)
-            conv = match_winograd_conv(call, min_channels)
+            conv = match_winograd_conv(call)
             if conv is None:
                 return call
             weight = relax.const(transformed_weight(call.args[1].value.numpy(), conv.m))
@@ -283,9 +284,3 @@ def winograd_convs(min_channels: int = MIN_CHANNELS):
 
     return _pass
 
-
-def _static_shape(expr) -> list[int] | None:
-    try:
-        return [int(v) for v in expr.ty.shape]
-    except (AttributeError, TypeError, ValueError):
-        return None
